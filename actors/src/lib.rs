@@ -1,0 +1,11 @@
+//! Starling's actors: the parts that own state and do I/O.
+//!
+//! Each account, device link, swarm conversation and call is an isolated actix
+//! actor exchanging typed messages; a transport actor multiplexes named
+//! channels over QUIC. Every I/O library has exactly one owner here: quinn and
+//! rustls only in the transport, git2 only in conversation storage, gstreamer
+//! only in the call actor. Rules and formats are not decided here: they live
+//! in `starling-protocol` as pure functions, which these actors call.
+//!
+//! The modules arrive with their issues (swarm storage, transport, daemon
+//! actors, discovery, calls); until then this crate only fixes the layering.

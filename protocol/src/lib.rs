@@ -1,0 +1,24 @@
+//! Starling's sans-I/O core.
+//!
+//! Everything here is plain data in, data out: identities and their encodings,
+//! certificate-chain verification, revocation lists, the encrypted account
+//! archive, and (as later issues land) wire frames, the swarm rules and the
+//! gossip state machines. Time and randomness are inputs (`now: SystemTime`,
+//! `rng: &mut impl CryptoRngCore`), never read from the environment.
+//!
+//! This crate must never depend on an async runtime, a socket library or git2;
+//! `tests/tidy.rs` enforces that, and `clippy.toml` forbids reading the clock or
+//! an unseeded RNG here.
+
+pub mod archive;
+pub mod cert;
+pub mod chain;
+pub mod crl;
+pub mod id;
+pub mod limits;
+mod x509;
+
+pub use cert::{AccountCert, CertError, DeviceCert};
+pub use chain::{verify_device_chain, ChainError, VerifiedDevice};
+pub use crl::{CrlError, RevocationList};
+pub use id::{AccountId, DeviceId, IdParseError};
