@@ -1,1 +1,169 @@
-fn main() {}
+//! `starling`: the Starling node binary.
+//!
+//! Today it manages the identity in a data directory (create, show, export,
+//! import, revoke, certificates, chain verification). The daemon, the local
+//! API and metrics arrive with the daemon issue; their subcommands will be
+//! clients of that API.
+
+mod commands;
+mod data_dir;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A peer-to-peer, end-to-end encrypted communication node.
+#[derive(Parser)]
+#[command(name = "starling", version, about)]
+struct Cli {
+    /// Data directory [default: $XDG_DATA_HOME/starling, or ~/.local/share/starling].
+    #[arg(long, global = true, env = "STARLING_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print machine-readable JSON (snake_case keys) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage this node's account.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Manage the account's devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Work with certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create a new account with this node as its first device.
+    Create {
+        /// The name others see.
+        #[arg(long)]
+        display_name: String,
+    },
+    /// Show the account, this device and every known device.
+    Show,
+    /// Write account.crt.pem, device.crt.pem and crl.pem into DIR.
+    Certs {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Write an encrypted archive of the account (keys included) to FILE.
+    Export {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Restore an account from an archive, as a new device of it.
+    Import {
+        /// The archive written by `account export`.
+        file: PathBuf,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Revoke another device of this account (adds it to the account's CRL).
+    Revoke {
+        /// The device id, as `account show` prints it.
+        device_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Verify that a device certificate speaks for an account.
+    Verify {
+        /// The device certificate (PEM).
+        device: PathBuf,
+        /// The account certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        account: PathBuf,
+        /// The account's CRL (PEM), to check revocation.
+        #[arg(long, value_name = "FILE")]
+        crl: Option<PathBuf>,
+        /// Verify as of this time (seconds since the Unix epoch) instead of now.
+        #[arg(long, value_name = "UNIX_SECONDS")]
+        at: Option<u64>,
+    },
+}
+
+/// Where a password comes from. Never a command-line argument: those leak
+/// into shell history and `ps`.
+#[derive(Args)]
+struct PasswordArgs {
+    /// Read the password from FILE (first line); otherwise from $STARLING_PASSWORD.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+}
+
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("starling"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("neither XDG_DATA_HOME nor HOME is set; pass --data-dir"))?;
+    Ok(PathBuf::from(home).join(".local/share/starling"))
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STARLING_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    if let Err(error) = run(cli) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = match cli.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    };
+    let ctx = commands::Context {
+        data_dir: data_dir::DataDir::new(data_dir),
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Account(AccountCommand::Create { display_name }) => {
+            commands::account_create(&ctx, &display_name)
+        }
+        Command::Account(AccountCommand::Show) => commands::account_show(&ctx),
+        Command::Account(AccountCommand::Certs { out }) => commands::account_certs(&ctx, &out),
+        Command::Account(AccountCommand::Export { out, password }) => commands::account_export(
+            &ctx,
+            &out,
+            &commands::read_password(password.password_file.as_deref())?,
+        ),
+        Command::Account(AccountCommand::Import { file, password }) => commands::account_import(
+            &ctx,
+            &file,
+            &commands::read_password(password.password_file.as_deref())?,
+        ),
+        Command::Device(DeviceCommand::Revoke { device_id }) => {
+            commands::device_revoke(&ctx, &device_id)
+        }
+        Command::Cert(CertCommand::Verify {
+            device,
+            account,
+            crl,
+            at,
+        }) => commands::cert_verify(&ctx, &device, &account, crl.as_deref(), at),
+    }
+}

@@ -144,14 +144,35 @@ mod tests {
         bad_self_sig[last] ^= 1;
         let bad_self_sig = AccountCert::from_der(&bad_self_sig).unwrap();
 
-        let cases: Vec<(
-            &str,
-            &DeviceCert,
-            &AccountCert,
-            Option<&RevocationList>,
+        // A device certificate issued tomorrow is not valid today.
+        let tomorrow = now() + Duration::from_secs(86_400);
+        let future = DeviceCert::issue(
+            &key,
+            &cert,
+            &SigningKey::generate(&mut rng(7)).verifying_key(),
+            tomorrow,
+            &mut rng(8),
+        )
+        .unwrap();
+
+        /// (name, device, account, CRL, time, expected verdict)
+        type Case<'a> = (
+            &'a str,
+            &'a DeviceCert,
+            &'a AccountCert,
+            Option<&'a RevocationList>,
             SystemTime,
             ChainError,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "device not yet valid",
+                &future,
+                &cert,
+                None,
+                now(),
+                ChainError::DeviceNotYetValid(future.id()),
+            ),
             (
                 "other account's device",
                 &foreign,
@@ -181,7 +202,7 @@ mod tests {
                 ChainError::DeviceExpired(dcert.id()),
             ),
             (
-                "not yet valid",
+                "account not yet valid",
                 &dcert,
                 &cert,
                 None,

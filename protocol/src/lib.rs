@@ -18,6 +18,8 @@ pub mod id;
 pub mod limits;
 mod x509;
 
+pub use archive::{AccountArchive, ArchiveError, KdfParams, KnownDevice};
+
 pub use cert::{AccountCert, CertError, DeviceCert};
 pub use chain::{verify_device_chain, ChainError, VerifiedDevice};
 pub use crl::{CrlError, RevocationList};
