@@ -13,7 +13,9 @@ use starling_protocol::{
 };
 use zeroize::Zeroizing;
 
-use crate::data_dir::{write_atomic, Account, DataDir};
+use starling_protocol::AccountIdentity;
+
+use crate::data_dir::{write_atomic, DataDir};
 
 /// What every command needs.
 pub struct Context {
@@ -58,12 +60,12 @@ pub fn read_password(file: Option<&Path>) -> anyhow::Result<Zeroizing<String>> {
     Ok(password)
 }
 
-fn identity_json(account: &Account) -> serde_json::Value {
+fn identity_json(ctx: &Context, account: &AccountIdentity) -> serde_json::Value {
     json!({
         "account_id": account.account_cert.id(),
         "device_id": account.device_cert.id(),
         "display_name": account.display_name,
-        "data_dir": account.dir(),
+        "data_dir": ctx.data_dir.account_dir(),
     })
 }
 
@@ -75,10 +77,11 @@ pub fn account_create(ctx: &Context, display_name: &str) -> anyhow::Result<()> {
         );
     }
     ctx.data_dir.ensure_no_account()?;
-    let mut account = Account::generate(display_name, SystemTime::now())?;
-    ctx.data_dir.create(&mut account)?;
+    let account =
+        AccountIdentity::generate(display_name, SystemTime::now(), &mut rand_core::OsRng)?;
+    ctx.data_dir.create(&account)?;
     tracing::info!(account = %account.account_cert.id(), device = %account.device_cert.id(), "account created");
-    ctx.print(identity_json(&account), || {
+    ctx.print(identity_json(ctx, &account), || {
         format!(
             "created account {}\nthis device   {}",
             account.account_cert.id(),
@@ -91,7 +94,7 @@ pub fn account_create(ctx: &Context, display_name: &str) -> anyhow::Result<()> {
 pub fn account_show(ctx: &Context) -> anyhow::Result<()> {
     let account = ctx.data_dir.load(SystemTime::now())?;
     let devices = account.devices();
-    let mut value = identity_json(&account);
+    let mut value = identity_json(ctx, &account);
     value["crl_number"] = json!(account.crl.number());
     value["devices"] = devices
         .iter()
@@ -192,10 +195,10 @@ pub fn account_import(ctx: &Context, file: &Path, password: &str) -> anyhow::Res
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let archive = AccountArchive::open(&bytes, password.as_bytes())
         .with_context(|| format!("opening {}", file.display()))?;
-    let mut account = Account::from_archive(archive, SystemTime::now())?;
-    ctx.data_dir.create(&mut account)?;
+    let account = AccountIdentity::from_archive(archive, SystemTime::now(), &mut rand_core::OsRng)?;
+    ctx.data_dir.create(&account)?;
     tracing::info!(account = %account.account_cert.id(), device = %account.device_cert.id(), "account imported");
-    ctx.print(identity_json(&account), || {
+    ctx.print(identity_json(ctx, &account), || {
         format!(
             "imported account {}\nthis device     {} (new)",
             account.account_cert.id(),
@@ -208,30 +211,9 @@ pub fn account_import(ctx: &Context, file: &Path, password: &str) -> anyhow::Res
 pub fn device_revoke(ctx: &Context, device_id: &str) -> anyhow::Result<()> {
     let device_id: DeviceId = device_id.parse().context("DEVICE_ID")?;
     let mut account = ctx.data_dir.load(SystemTime::now())?;
-    if device_id == account.device_cert.id() {
-        bail!("{device_id} is this device; revoke it from another device of the account");
-    }
-    let Some(target) = account
-        .known_devices
-        .iter()
-        .find(|c| c.id() == device_id)
-        .cloned()
-    else {
-        bail!(
-            "device {device_id} is not a device of account {}; see `starling account show`",
-            account.account_cert.id()
-        );
-    };
-    if account.crl.is_revoked(target.serial()) {
-        bail!("device {device_id} is already revoked");
-    }
-    let crl = account.crl.with_revoked(
-        &account.account_key,
-        &account.account_cert,
-        target.serial(),
-        SystemTime::now(),
-    )?;
-    account.store_crl(crl)?;
+    let crl = account.revocation_of(device_id, SystemTime::now())?;
+    ctx.data_dir.store_crl(&crl)?;
+    account.adopt_crl(crl)?;
     tracing::info!(device = %device_id, crl_number = account.crl.number(), "device revoked");
     ctx.print(
         json!({ "device_id": device_id, "revoked": true, "crl_number": account.crl.number() }),

@@ -26,7 +26,7 @@ use std::time::SystemTime;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
 use starling_protocol::{
-    AccountArchive, AccountCert, AccountId, DeviceCert, DeviceId, KnownDevice, RevocationList,
+    AccountCert, AccountId, AccountIdentity, DeviceCert, DeviceId, RevocationList,
 };
 
 const ACCOUNT_DIR: &str = "account";
@@ -108,133 +108,6 @@ struct State {
     display_name: String,
 }
 
-/// A loaded account: everything in `DATA_DIR/account/`, verified on load.
-pub struct Account {
-    dir: PathBuf,
-    pub display_name: String,
-    pub account_key: SigningKey,
-    pub account_cert: AccountCert,
-    pub device_key: SigningKey,
-    pub device_cert: DeviceCert,
-    pub crl: RevocationList,
-    pub known_devices: Vec<DeviceCert>,
-}
-
-/// A device as `account show` reports it.
-pub struct DeviceStatus<'a> {
-    pub cert: &'a DeviceCert,
-    pub revoked: bool,
-    pub this_device: bool,
-}
-
-impl Account {
-    /// Builds a brand-new account with its first device.
-    pub fn generate(display_name: &str, now: SystemTime) -> anyhow::Result<Self> {
-        let mut rng = rand_core::OsRng;
-        let account_key = SigningKey::generate(&mut rng);
-        let account_cert = AccountCert::issue(&account_key, now, &mut rng)?;
-        let crl = RevocationList::first(&account_key, &account_cert, now)?;
-        Self::with_new_device(
-            display_name.to_owned(),
-            account_key,
-            account_cert,
-            crl,
-            Vec::new(),
-            now,
-        )
-    }
-
-    /// Restores an account from an archive, as a new device of it.
-    pub fn from_archive(archive: AccountArchive, now: SystemTime) -> anyhow::Result<Self> {
-        let known = archive.devices.into_iter().map(|d| d.cert).collect();
-        Self::with_new_device(
-            archive.display_name,
-            archive.account_key,
-            archive.account_cert,
-            archive.crl,
-            known,
-            now,
-        )
-    }
-
-    fn with_new_device(
-        display_name: String,
-        account_key: SigningKey,
-        account_cert: AccountCert,
-        crl: RevocationList,
-        mut known_devices: Vec<DeviceCert>,
-        now: SystemTime,
-    ) -> anyhow::Result<Self> {
-        let mut rng = rand_core::OsRng;
-        let device_key = SigningKey::generate(&mut rng);
-        let device_cert = DeviceCert::issue(
-            &account_key,
-            &account_cert,
-            &device_key.verifying_key(),
-            now,
-            &mut rng,
-        )?;
-        known_devices.push(device_cert.clone());
-        Ok(Self {
-            dir: PathBuf::new(),
-            display_name,
-            account_key,
-            account_cert,
-            device_key,
-            device_cert,
-            crl,
-            known_devices,
-        })
-    }
-
-    /// The account's archive content (for export).
-    pub fn to_archive(&self) -> AccountArchive {
-        AccountArchive {
-            display_name: self.display_name.clone(),
-            account_key: self.account_key.clone(),
-            account_cert: self.account_cert.clone(),
-            crl: self.crl.clone(),
-            devices: self
-                .known_devices
-                .iter()
-                .cloned()
-                .map(|cert| KnownDevice { cert })
-                .collect(),
-        }
-    }
-
-    /// Every known device with its revocation state, this device first.
-    pub fn devices(&self) -> Vec<DeviceStatus<'_>> {
-        let mut list: Vec<_> = self
-            .known_devices
-            .iter()
-            .map(|cert| DeviceStatus {
-                cert,
-                revoked: self.crl.is_revoked(cert.serial()),
-                this_device: cert.id() == self.device_cert.id(),
-            })
-            .collect();
-        list.sort_by_key(|d| (!d.this_device, d.cert.id()));
-        list
-    }
-
-    /// Replaces the CRL with `crl` on disk and in memory.
-    pub fn store_crl(&mut self, crl: RevocationList) -> Result<(), DataDirError> {
-        write_atomic(
-            &self.dir.join(CRL_FILE),
-            crl.to_pem().as_bytes(),
-            PUBLIC_MODE,
-        )?;
-        self.crl = crl;
-        Ok(())
-    }
-
-    /// Where the account lives.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-}
-
 /// The data directory.
 pub struct DataDir {
     root: PathBuf,
@@ -277,7 +150,7 @@ impl DataDir {
     }
 
     /// Writes a new account; fails if one exists. All or nothing.
-    pub fn create(&self, account: &mut Account) -> Result<(), DataDirError> {
+    pub fn create(&self, account: &AccountIdentity) -> Result<(), DataDirError> {
         self.ensure_no_account()?;
         self.ensure_root()?;
         let staging = self
@@ -301,14 +174,12 @@ impl DataDir {
         });
         if result.is_err() {
             let _ = fs::remove_dir_all(&staging);
-        } else {
-            account.dir = self.account_dir();
         }
         result
     }
 
     /// Loads and verifies the account.
-    pub fn load(&self, now: SystemTime) -> Result<Account, DataDirError> {
+    pub fn load(&self, now: SystemTime) -> Result<AccountIdentity, DataDirError> {
         let dir = self.account_dir();
         if !dir.join(STATE_FILE).exists() {
             return Err(DataDirError::NoAccount(self.root.clone()));
@@ -374,8 +245,7 @@ impl DataDir {
             }
         }
         known_devices.sort_by_key(|c| c.id());
-        Ok(Account {
-            dir,
+        Ok(AccountIdentity {
             display_name: state.display_name,
             account_key,
             account_cert,
@@ -385,9 +255,18 @@ impl DataDir {
             known_devices,
         })
     }
+
+    /// Replaces the account's CRL on disk.
+    pub fn store_crl(&self, crl: &RevocationList) -> Result<(), DataDirError> {
+        write_atomic(
+            &self.account_dir().join(CRL_FILE),
+            crl.to_pem().as_bytes(),
+            PUBLIC_MODE,
+        )
+    }
 }
 
-fn write_account_files(dir: &Path, account: &Account) -> Result<(), DataDirError> {
+fn write_account_files(dir: &Path, account: &AccountIdentity) -> Result<(), DataDirError> {
     let devices = dir.join(DEVICES_DIR);
     fs::DirBuilder::new()
         .recursive(true)

@@ -15,6 +15,7 @@ pub mod cert;
 pub mod chain;
 pub mod crl;
 pub mod id;
+pub mod identity;
 pub mod limits;
 mod x509;
 
@@ -24,3 +25,4 @@ pub use cert::{AccountCert, CertError, DeviceCert};
 pub use chain::{verify_device_chain, ChainError, VerifiedDevice};
 pub use crl::{CrlError, RevocationList};
 pub use id::{AccountId, DeviceId, IdParseError};
+pub use identity::{AccountIdentity, DeviceStatus, IdentityError};
