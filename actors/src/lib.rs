@@ -7,5 +7,7 @@
 //! only in the call actor. Rules and formats are not decided here: they live
 //! in `starling-protocol` as pure functions, which these actors call.
 //!
-//! The modules arrive with their issues (swarm storage, transport, daemon
-//! actors, discovery, calls); until then this crate only fixes the layering.
+//! Modules arrive with their issues: today the account actor; then swarm
+//! storage, the transport, conversations, discovery and calls.
+
+pub mod account;

@@ -267,3 +267,19 @@ pub fn cert_verify(
     });
     Ok(())
 }
+
+pub fn status(ctx: &Context) -> anyhow::Result<()> {
+    let client = crate::client::ApiClient::discover(ctx.data_dir.root())?;
+    let status = client.get("/v1/status")?;
+    ctx.print(status.clone(), || {
+        format!(
+            "account       {}\ndisplay name  {}\nthis device   {}\napi           {}\npid           {}",
+            status["account_id"].as_str().unwrap_or("?"),
+            status["display_name"].as_str().unwrap_or("?"),
+            status["device_id"].as_str().unwrap_or("?"),
+            status["api"].as_str().unwrap_or("?"),
+            status["pid"],
+        )
+    });
+    Ok(())
+}

@@ -119,12 +119,18 @@ impl DataDir {
         Self { root }
     }
 
+    /// The data directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Where the account lives.
     pub fn account_dir(&self) -> PathBuf {
         self.root.join(ACCOUNT_DIR)
     }
 
-    fn ensure_root(&self) -> Result<(), DataDirError> {
+    /// Creates the data directory (0700) if it does not exist.
+    pub fn ensure_root(&self) -> Result<(), DataDirError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)

@@ -1,11 +1,14 @@
 //! `starling`: the Starling node binary.
 //!
-//! Today it manages the identity in a data directory (create, show, export,
-//! import, revoke, certificates, chain verification). The daemon, the local
-//! API and metrics arrive with the daemon issue; their subcommands will be
-//! clients of that API.
+//! Offline subcommands manage the identity in a data directory (create, show,
+//! export, import, revoke, certificates, chain verification). `starling up`
+//! runs the daemon; the other subcommands are clients of its local API.
 
+mod api;
+mod client;
 mod commands;
+mod config;
+mod daemon;
 mod data_dir;
 
 use std::path::PathBuf;
@@ -28,6 +31,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node daemon until SIGINT or SIGTERM.
+    Up {
+        /// TCP address for the local API (port 0 picks a free one) [default: 127.0.0.1:7421].
+        #[arg(long, value_name = "ADDR")]
+        api: Option<std::net::SocketAddr>,
+        /// Config file [default: DATA_DIR/starling.toml, if present].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Ask the running daemon who it is and where it listens.
+    Status,
     /// Manage this node's account.
     #[command(subcommand)]
     Account(AccountCommand),
@@ -141,6 +155,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json,
     };
     match cli.command {
+        Command::Up { api, config } => {
+            let root = ctx.data_dir.root().to_owned();
+            let (file, required) = match config {
+                Some(file) => (file, true),
+                None => (root.join("starling.toml"), false),
+            };
+            let env = |key: &str| std::env::var(key).ok();
+            let config = config::Config::load(&file, required, env, config::Overrides { api })?;
+            daemon::up(root, config)
+        }
         Command::Account(AccountCommand::Create { display_name }) => {
             commands::account_create(&ctx, &display_name)
         }
@@ -156,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &file,
             &commands::read_password(password.password_file.as_deref())?,
         ),
+        Command::Status => commands::status(&ctx),
         Command::Device(DeviceCommand::Revoke { device_id }) => {
             commands::device_revoke(&ctx, &device_id)
         }

@@ -1,0 +1,97 @@
+//! The `Account` actor: owns one account's identity on this device.
+//!
+//! Nobody else holds the keys or the CRL; other actors and the API ask it by
+//! message. As the daemon grows it will also own contacts, trust requests and
+//! the conversation registry (DESIGN.md section 3).
+
+use actix::prelude::*;
+use starling_protocol::{AccountId, AccountIdentity, DeviceId};
+
+/// One account, as this device holds it.
+pub struct Account {
+    identity: AccountIdentity,
+}
+
+impl Account {
+    /// An actor owning `identity`.
+    pub fn new(identity: AccountIdentity) -> Self {
+        Self { identity }
+    }
+}
+
+impl Actor for Account {
+    type Context = Context<Self>;
+}
+
+/// Asks for the account's public facts.
+#[derive(Message)]
+#[rtype(result = "AccountStatus")]
+pub struct GetStatus;
+
+/// The account's public facts, safe to show anyone who may see the API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AccountStatus {
+    /// The account's id.
+    pub account_id: AccountId,
+    /// This device's id.
+    pub device_id: DeviceId,
+    /// The account's display name.
+    pub display_name: String,
+    /// The number of the newest CRL.
+    pub crl_number: u64,
+    /// Every known device.
+    pub devices: Vec<KnownDeviceStatus>,
+}
+
+/// One known device in [`AccountStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KnownDeviceStatus {
+    /// The device's id.
+    pub device_id: DeviceId,
+    /// Listed in the account's CRL.
+    pub revoked: bool,
+    /// The device running this node.
+    pub this_device: bool,
+}
+
+impl Handler<GetStatus> for Account {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        let identity = &self.identity;
+        MessageResult(AccountStatus {
+            account_id: identity.account_id(),
+            device_id: identity.device_id(),
+            display_name: identity.display_name.clone(),
+            crl_number: identity.crl.number(),
+            devices: identity
+                .devices()
+                .into_iter()
+                .map(|d| KnownDeviceStatus {
+                    device_id: d.cert.id(),
+                    revoked: d.revoked,
+                    this_device: d.this_device,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix::test]
+    async fn status_reports_the_identity_it_owns() {
+        let identity =
+            AccountIdentity::generate("Alice", std::time::SystemTime::now(), &mut rand_core::OsRng)
+                .unwrap();
+        let expected = (identity.account_id(), identity.device_id());
+        let account = Account::new(identity).start();
+        let status = account.send(GetStatus).await.unwrap();
+        assert_eq!((status.account_id, status.device_id), expected);
+        assert_eq!(status.display_name, "Alice");
+        assert_eq!(status.devices.len(), 1);
+        assert!(status.devices[0].this_device && !status.devices[0].revoked);
+    }
+}

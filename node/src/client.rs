@@ -1,0 +1,63 @@
+//! The CLI's side of the local API: finds the running daemon through
+//! `DATA_DIR/run.json` and `DATA_DIR/api.token`, and calls it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::daemon::{RunInfo, RUN_FILE, TOKEN_FILE};
+
+/// How long the CLI waits for the daemon to answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection to a running daemon's API.
+pub struct ApiClient {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl ApiClient {
+    /// Finds the daemon serving `root`.
+    pub fn discover(root: &Path) -> anyhow::Result<Self> {
+        let run = std::fs::read_to_string(root.join(RUN_FILE)).with_context(|| {
+            format!(
+                "no daemon is running on {} (start one with `starling up`)",
+                root.display()
+            )
+        })?;
+        let info: RunInfo = serde_json::from_str(&run)
+            .with_context(|| format!("reading {}", root.join(RUN_FILE).display()))?;
+        let token = std::fs::read_to_string(root.join(TOKEN_FILE))
+            .with_context(|| format!("reading {}", root.join(TOKEN_FILE).display()))?;
+        let agent = ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build();
+        Ok(Self {
+            base: info.api,
+            token: token.trim().to_owned(),
+            agent,
+        })
+    }
+
+    /// `GET path`, returning the JSON body; API errors become their message.
+    pub fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
+        let request = self
+            .agent
+            .get(&url)
+            .set("Authorization", &format!("Bearer {}", self.token));
+        match request.call() {
+            Ok(response) => response
+                .into_json()
+                .with_context(|| format!("reading the answer to GET {path}")),
+            Err(ureq::Error::Status(code, response)) => {
+                let body: serde_json::Value = response.into_json().unwrap_or_default();
+                let message = body["message"].as_str().unwrap_or("no message");
+                anyhow::bail!("the daemon answered {code}: {message}")
+            }
+            Err(other) => {
+                Err(other).with_context(|| format!("calling the daemon at {}", self.base))
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Process-level tests of `starling up`: a real daemon process, its local API
+//! over real HTTP, its lock, and a clean shutdown on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a daemon may take to publish run.json or to stop.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+
+fn starling(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("STARLING_DATA_DIR")
+        .env_remove("STARLING_API")
+        .output()
+        .expect("the starling binary runs")
+}
+
+/// A running daemon; killed on drop so a failing test leaves no process behind.
+struct Daemon {
+    child: Option<Child>,
+    data_dir: PathBuf,
+    api: String,
+    token: String,
+}
+
+impl Daemon {
+    fn start(data_dir: &Path) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["up", "--api", "127.0.0.1:0"])
+            .env_remove("STARLING_API")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starling up starts");
+        let run_file = data_dir.join("run.json");
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        let run: Value = loop {
+            if let Some(run) = std::fs::read_to_string(&run_file)
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+            {
+                break run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not publish run.json in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(run["pid"], child.id());
+        let token = std::fs::read_to_string(data_dir.join("api.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Daemon {
+            child: Some(child),
+            data_dir: data_dir.to_owned(),
+            api: run["api"].as_str().unwrap().to_owned(),
+            token,
+        }
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut request =
+            ureq::get(&format!("{}{path}", self.api)).timeout(Duration::from_secs(10));
+        if let Some(token) = token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        match request.call() {
+            Ok(response) => (response.status(), response.into_string().unwrap()),
+            Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap()),
+            Err(other) => panic!("GET {path}: {other}"),
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it succeeded.
+    fn terminate(mut self) -> bool {
+        let mut child = self.child.take().unwrap();
+        let kill = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the daemon did not stop within {STARTUP_DEADLINE:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn json(output: Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn daemon_serves_its_identity_guards_the_api_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let created = json(starling(
+        &dir,
+        &["--json", "account", "create", "--display-name", "Alice"],
+    ));
+    let daemon = Daemon::start(&dir);
+
+    use std::os::unix::fs::PermissionsExt;
+    let token_mode = std::fs::metadata(dir.join("api.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(token_mode & 0o777, 0o600);
+
+    // The CLI finds the daemon through the data dir and asks it.
+    let status = json(starling(&dir, &["--json", "status"]));
+    assert_eq!(status["account_id"], created["account_id"]);
+    assert_eq!(status["device_id"], created["device_id"]);
+    assert_eq!(status["api"], daemon.api.as_str());
+
+    // The API itself: token required, JSON errors, metrics open and counting
+    // (the CLI call above is the first 200 on /v1/status).
+    let (code, body) = daemon.get("/v1/status", None);
+    assert_eq!(code, 401);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "unauthorized"
+    );
+    assert_eq!(daemon.get("/v1/status", Some("0000")).0, 401);
+    let (code, body) = daemon.get("/v1/status", Some(&daemon.token));
+    assert_eq!(code, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["display_name"],
+        "Alice"
+    );
+    let (code, body) = daemon.get("/v1/no-such-thing", Some(&daemon.token));
+    assert_eq!(
+        (
+            code,
+            serde_json::from_str::<Value>(&body).unwrap()["code"]
+                .as_str()
+                .unwrap()
+        ),
+        (404, "not_found")
+    );
+    let (code, body) = daemon.get("/v1/openapi.json", Some(&daemon.token));
+    assert_eq!(code, 200);
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["paths"]["/v1/status"].is_object());
+    let (code, metrics) = daemon.get("/metrics", None);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(r#"starling_api_requests_total{route="/v1/status",status="401"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"starling_api_requests_total{route="/v1/status",status="200"} 2"#),
+        "{metrics}"
+    );
+
+    // One daemon per data dir.
+    let second = starling(&dir, &["up", "--api", "127.0.0.1:0"]);
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already runs"));
+
+    let run_file = daemon.data_dir.join("run.json");
+    assert!(daemon.terminate(), "SIGTERM is a clean exit");
+    assert!(!run_file.exists(), "run.json is removed at shutdown");
+    let after = starling(&dir, &["status"]);
+    assert!(!after.status.success());
+    assert!(String::from_utf8_lossy(&after.stderr).contains("no daemon is running"));
+}
+
+#[test]
+fn daemon_refuses_to_start_without_an_account_or_with_a_bad_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = starling(&tmp.path().join("empty"), &["up", "--api", "127.0.0.1:0"]);
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("no account"));
+
+    let dir = tmp.path().join("node");
+    json(starling(
+        &dir,
+        &["--json", "account", "create", "--display-name", "Bob"],
+    ));
+    std::fs::write(dir.join("starling.toml"), "apj = \"127.0.0.1:0\"\n").unwrap();
+    let typo = starling(&dir, &["up"]);
+    assert!(!typo.status.success());
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("unknown field"));
+}
