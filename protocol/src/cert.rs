@@ -132,6 +132,12 @@ fn parse_common(der: &[u8]) -> Result<Parsed, CertError> {
     }
     let key =
         x509::ed25519_key_from_spki(&tbs.subject_public_key_info).ok_or(CertError::NotEd25519)?;
+    // Account and device ids are the same function of the key, so one check
+    // serves both kinds: the subject must name the certificate's own key.
+    let own_id = DeviceId::of_key(&key).to_hex();
+    if x509::sole_common_name(&tbs.subject).as_deref() != Some(own_id.as_str()) {
+        return Err(CertError::SubjectMismatch { expected: own_id });
+    }
     let mut basic = None;
     let mut usage = None;
     for ext in tbs.extensions.iter().flatten() {
@@ -157,10 +163,6 @@ fn parse_common(der: &[u8]) -> Result<Parsed, CertError> {
         basic,
         usage,
     })
-}
-
-fn time_of(t: &x509_cert::time::Time) -> SystemTime {
-    t.to_system_time()
 }
 
 /// A parsed account certificate (a self-signed CA for the account key).
@@ -192,15 +194,8 @@ impl AccountCert {
                 true,
             ),
             x509::extension(&KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign), true),
-            x509::extension(&SubjectKeyIdentifier(key_id.clone()), false),
-            x509::extension(
-                &AuthorityKeyIdentifier {
-                    key_identifier: Some(key_id),
-                    authority_cert_issuer: None,
-                    authority_cert_serial_number: None,
-                },
-                false,
-            ),
+            x509::extension(&SubjectKeyIdentifier(key_id), false),
+            x509::authority_key_id_extension(&public),
         ]
         .into_iter()
         .collect::<der::Result<Vec<_>>>()
@@ -236,11 +231,6 @@ impl AccountCert {
         } = parse_common(der)?;
         let id = AccountId::of_key(&key);
         let tbs = &cert.tbs_certificate;
-        if x509::sole_common_name(&tbs.subject).as_deref() != Some(id.to_hex().as_str()) {
-            return Err(CertError::SubjectMismatch {
-                expected: id.to_hex(),
-            });
-        }
         if tbs.issuer != tbs.subject {
             return Err(CertError::NotSelfIssued);
         }
@@ -276,39 +266,9 @@ impl AccountCert {
         Self::from_der(&x509::pem_to_der(pem, PEM_LABEL).map_err(CertError::Pem)?)
     }
 
-    /// PEM encoding, as written to disk and read by OpenSSL.
-    pub fn to_pem(&self) -> String {
-        x509::der_to_pem(&self.der, PEM_LABEL)
-    }
-
-    /// DER encoding.
-    pub fn der(&self) -> &[u8] {
-        &self.der
-    }
-
     /// The account this certificate belongs to.
     pub fn id(&self) -> AccountId {
         self.id
-    }
-
-    /// The account's public key.
-    pub fn public_key(&self) -> &VerifyingKey {
-        &self.key
-    }
-
-    /// The serial number's bytes (big-endian, no leading zeros).
-    pub fn serial(&self) -> &[u8] {
-        self.cert.tbs_certificate.serial_number.as_bytes()
-    }
-
-    /// Start of the validity window.
-    pub fn not_before(&self) -> SystemTime {
-        time_of(&self.cert.tbs_certificate.validity.not_before)
-    }
-
-    /// End of the validity window.
-    pub fn not_after(&self) -> SystemTime {
-        time_of(&self.cert.tbs_certificate.validity.not_after)
     }
 
     pub(crate) fn subject(&self) -> &x509_cert::name::Name {
@@ -349,16 +309,7 @@ impl DeviceCert {
                 &SubjectKeyIdentifier(x509::key_identifier(device_key).map_err(encode_err)?),
                 false,
             ),
-            x509::extension(
-                &AuthorityKeyIdentifier {
-                    key_identifier: Some(
-                        x509::key_identifier(account.public_key()).map_err(encode_err)?,
-                    ),
-                    authority_cert_issuer: None,
-                    authority_cert_serial_number: None,
-                },
-                false,
-            ),
+            x509::authority_key_id_extension(account.public_key()),
         ]
         .into_iter()
         .collect::<der::Result<Vec<_>>>()
@@ -395,11 +346,6 @@ impl DeviceCert {
         } = parse_common(der)?;
         let id = DeviceId::of_key(&key);
         let tbs = &cert.tbs_certificate;
-        if x509::sole_common_name(&tbs.subject).as_deref() != Some(id.to_hex().as_str()) {
-            return Err(CertError::SubjectMismatch {
-                expected: id.to_hex(),
-            });
-        }
         let account_id = x509::sole_common_name(&tbs.issuer)
             .and_then(|cn| cn.parse::<AccountId>().ok())
             .ok_or(CertError::IssuerNotAnAccount)?;
@@ -433,16 +379,6 @@ impl DeviceCert {
         Self::from_der(&x509::pem_to_der(pem, PEM_LABEL).map_err(CertError::Pem)?)
     }
 
-    /// PEM encoding.
-    pub fn to_pem(&self) -> String {
-        x509::der_to_pem(&self.der, PEM_LABEL)
-    }
-
-    /// DER encoding.
-    pub fn der(&self) -> &[u8] {
-        &self.der
-    }
-
     /// The device this certificate names.
     pub fn id(&self) -> DeviceId {
         self.id
@@ -452,27 +388,55 @@ impl DeviceCert {
     pub fn claimed_account_id(&self) -> AccountId {
         self.account_id
     }
-
-    /// The device's public key.
-    pub fn public_key(&self) -> &VerifyingKey {
-        &self.key
-    }
-
-    /// The serial number's bytes (big-endian, no leading zeros); what a CRL lists.
-    pub fn serial(&self) -> &[u8] {
-        self.cert.tbs_certificate.serial_number.as_bytes()
-    }
-
-    /// Start of the validity window.
-    pub fn not_before(&self) -> SystemTime {
-        time_of(&self.cert.tbs_certificate.validity.not_before)
-    }
-
-    /// End of the validity window.
-    pub fn not_after(&self) -> SystemTime {
-        time_of(&self.cert.tbs_certificate.validity.not_after)
-    }
 }
+
+/// Accessors both certificate kinds share.
+macro_rules! certificate_accessors {
+    ($kind:ty) => {
+        impl $kind {
+            /// PEM encoding, as written to disk and read by OpenSSL.
+            pub fn to_pem(&self) -> String {
+                x509::der_to_pem(&self.der, PEM_LABEL)
+            }
+
+            /// DER encoding, exactly as signed.
+            pub fn der(&self) -> &[u8] {
+                &self.der
+            }
+
+            /// The certified ed25519 public key.
+            pub fn public_key(&self) -> &VerifyingKey {
+                &self.key
+            }
+
+            /// The serial number's bytes (big-endian, no leading zeros); what a CRL lists.
+            pub fn serial(&self) -> &[u8] {
+                self.cert.tbs_certificate.serial_number.as_bytes()
+            }
+
+            /// Start of the validity window.
+            pub fn not_before(&self) -> SystemTime {
+                self.cert
+                    .tbs_certificate
+                    .validity
+                    .not_before
+                    .to_system_time()
+            }
+
+            /// End of the validity window.
+            pub fn not_after(&self) -> SystemTime {
+                self.cert
+                    .tbs_certificate
+                    .validity
+                    .not_after
+                    .to_system_time()
+            }
+        }
+    };
+}
+
+certificate_accessors!(AccountCert);
+certificate_accessors!(DeviceCert);
 
 #[cfg(test)]
 pub(crate) mod tests {

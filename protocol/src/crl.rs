@@ -14,7 +14,7 @@ use der::asn1::Uint;
 use der::{Decode, Encode};
 use ed25519_dalek::SigningKey;
 use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
-use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber};
+use x509_cert::ext::pkix::CrlNumber;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::Version;
 
@@ -136,16 +136,7 @@ impl RevocationList {
                 &CrlNumber(Uint::new(&number.to_be_bytes()).map_err(encode_err)?),
                 false,
             ),
-            x509::extension(
-                &AuthorityKeyIdentifier {
-                    key_identifier: Some(
-                        x509::key_identifier(account.public_key()).map_err(encode_err)?,
-                    ),
-                    authority_cert_issuer: None,
-                    authority_cert_serial_number: None,
-                },
-                false,
-            ),
+            x509::authority_key_id_extension(account.public_key()),
         ]
         .into_iter()
         .collect::<der::Result<Vec<_>>>()

@@ -76,6 +76,16 @@ pub(crate) fn extension<T: Encode + const_oid::AssociatedOid>(
     })
 }
 
+/// The non-critical authorityKeyIdentifier naming `issuer`'s key.
+pub(crate) fn authority_key_id_extension(issuer: &VerifyingKey) -> der::Result<Extension> {
+    let aki = x509_cert::ext::pkix::AuthorityKeyIdentifier {
+        key_identifier: Some(key_identifier(issuer)?),
+        authority_cert_issuer: None,
+        authority_cert_serial_number: None,
+    };
+    extension(&aki, false)
+}
+
 pub(crate) fn sign_der(key: &SigningKey, tbs: &impl Encode) -> der::Result<(Vec<u8>, BitString)> {
     let tbs_der = tbs.to_der()?;
     let signature = key.sign(&tbs_der);
