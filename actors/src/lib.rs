@@ -11,3 +11,4 @@
 //! storage, the transport, conversations, discovery and calls.
 
 pub mod account;
+pub mod git_wire;

@@ -283,3 +283,36 @@ pub fn status(ctx: &Context) -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+/// Standard input and output as one stream.
+struct Stdio {
+    stdin: std::io::Stdin,
+    stdout: std::io::Stdout,
+}
+
+impl std::io::Read for Stdio {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stdin.read(buf)
+    }
+}
+
+impl std::io::Write for Stdio {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stdout.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stdout.flush()
+    }
+}
+
+pub fn git_upload_pack(repository: &Path) -> anyhow::Result<()> {
+    let repo = git2::Repository::open(repository)
+        .with_context(|| format!("opening repository {}", repository.display()))?;
+    let mut stdio = Stdio {
+        stdin: std::io::stdin(),
+        stdout: std::io::stdout(),
+    };
+    let served = starling_actors::git_wire::server::serve_upload_pack(&repo, &mut stdio)?;
+    tracing::info!(?served, "upload-pack session ended");
+    Ok(())
+}

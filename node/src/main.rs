@@ -42,6 +42,13 @@ enum Command {
     },
     /// Ask the running daemon who it is and where it listens.
     Status,
+    /// Serve a repository to stock git over stdin/stdout with Starling's
+    /// upload-pack, e.g. `git clone -u 'starling git-upload-pack' file:///path/to/swarm.git`.
+    #[command(name = "git-upload-pack")]
+    GitUploadPack {
+        /// The (bare) repository.
+        repository: PathBuf,
+    },
     /// Manage this node's account.
     #[command(subcommand)]
     Account(AccountCommand),
@@ -181,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &commands::read_password(password.password_file.as_deref())?,
         ),
         Command::Status => commands::status(&ctx),
+        Command::GitUploadPack { repository } => commands::git_upload_pack(&repository),
         Command::Device(DeviceCommand::Revoke { device_id }) => {
             commands::device_revoke(&ctx, &device_id)
         }

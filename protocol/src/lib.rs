@@ -17,6 +17,7 @@ pub mod crl;
 pub mod id;
 pub mod identity;
 pub mod limits;
+pub mod upload_pack;
 mod x509;
 
 pub use archive::{AccountArchive, ArchiveError, KdfParams, KnownDevice};
