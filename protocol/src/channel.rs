@@ -431,6 +431,77 @@ pub fn decode_reply(buf: &[u8]) -> Result<Option<(ChannelReply, usize)>, ReplyEr
     )))
 }
 
+/// Version byte of the connection preface: the server's first uni stream,
+/// sent once it has verified the client, so the dialler knows it was accepted
+/// (a TLS 1.3 client finishes its handshake before the server has checked the
+/// client's certificate).
+pub const PREFACE_VERSION: u8 = 1;
+
+/// QUIC application close codes a Starling endpoint uses. Stable wire values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// The node is shutting down.
+    Shutdown,
+    /// This is the losing connection of a simultaneous dial; its twin survives.
+    Duplicate,
+    /// The peer device was revoked by its account.
+    Revoked,
+    /// The endpoint holds as many connections as it allows.
+    TooManyConnections,
+    /// Both ends are the same device.
+    SelfConnection,
+    /// A local actor asked to disconnect this peer.
+    Disconnected,
+    /// A code this version does not know.
+    Unknown(u64),
+}
+
+impl CloseCode {
+    /// The code on the wire.
+    pub fn to_u64(self) -> u64 {
+        match self {
+            Self::Shutdown => 0,
+            Self::Duplicate => 1,
+            Self::Revoked => 2,
+            Self::TooManyConnections => 3,
+            Self::SelfConnection => 4,
+            Self::Disconnected => 5,
+            Self::Unknown(code) => code,
+        }
+    }
+
+    /// The close code a wire value stands for.
+    pub fn from_u64(code: u64) -> Self {
+        match code {
+            0 => Self::Shutdown,
+            1 => Self::Duplicate,
+            2 => Self::Revoked,
+            3 => Self::TooManyConnections,
+            4 => Self::SelfConnection,
+            5 => Self::Disconnected,
+            other => Self::Unknown(other),
+        }
+    }
+
+    /// A bounded snake_case label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::Duplicate => "duplicate",
+            Self::Revoked => "revoked",
+            Self::TooManyConnections => "too_many_connections",
+            Self::SelfConnection => "self_connection",
+            Self::Disconnected => "disconnected",
+            Self::Unknown(_) => "unknown_code",
+        }
+    }
+}
+
+/// Stream reset code an acceptor uses when a pending channel is dropped
+/// without a decision (the handler vanished); the opener reads it as
+/// [`ReplyCode::Unavailable`].
+pub const STREAM_RESET_UNDECIDED: u64 = 1;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,6 +611,13 @@ mod tests {
         assert!(reply.reason.len() <= CHANNEL_REFUSAL_REASON_BYTES_MAX);
         let (decoded, _) = decode_reply(&reply.encode()).unwrap().unwrap();
         assert_eq!(decoded, reply);
+    }
+
+    #[test]
+    fn close_codes_round_trip() {
+        for code in 0..8u64 {
+            assert_eq!(CloseCode::from_u64(code).to_u64(), code);
+        }
     }
 
     proptest! {

@@ -83,8 +83,18 @@ pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
 /// See [`RECONNECT_BACKOFF_MIN_MS`].
 pub const RECONNECT_BACKOFF_MAX_MS: u64 = 30_000;
 
-/// Received datagrams queued for the datagram subscriber before we drop (and count).
-pub const DATAGRAM_QUEUE_MAX: usize = 256;
-
 /// Subscribers to connection events one transport keeps.
 pub const EVENT_SUBSCRIBERS_MAX: usize = 64;
+
+/// How long the losing connection of a simultaneous dial stays open at least,
+/// in milliseconds, so the peer registers the surviving twin before the loser
+/// closes (else it would briefly see the peer as gone).
+pub const DUPLICATE_DRAIN_GRACE_MS: u64 = 1_000;
+
+/// Times an opener retries a channel whose connection was closed as a
+/// duplicate (or closed locally) before the peer answered it.
+pub const CHANNEL_OPEN_RETRIES_MAX: u32 = 5;
+
+/// Messages the transport actor's mailbox holds; senders beyond it wait
+/// (`send`) or are told it is full (`try_send`).
+pub const TRANSPORT_MAILBOX_MESSAGES_MAX: usize = 1_024;
