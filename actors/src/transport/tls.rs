@@ -454,16 +454,34 @@ pub fn client_crypto(
     book: &RevocationBook,
     expected: ExpectedPeer,
 ) -> Result<rustls::ClientConfig, TlsError> {
+    client_crypto_presenting(
+        Some((identity.chain(), identity.private_key()?)),
+        book,
+        expected,
+    )
+}
+
+/// Like [`client_crypto`] but presenting any chain (or none). The transport
+/// only ever presents its own identity; tools and tests use this to play a
+/// misbehaving client against a real server.
+pub fn client_crypto_presenting(
+    client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    book: &RevocationBook,
+    expected: ExpectedPeer,
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = crypto_provider();
     let verifier = Arc::new(ServerVerifier {
         check: chain_check(&provider, book),
         expected,
     });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(identity.chain(), identity.private_key()?)?;
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match client_auth {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     config.enable_early_data = false;
