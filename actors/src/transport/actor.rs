@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use prometheus::Registry;
 use quinn::{AsyncUdpSocket, VarInt};
 use rustls::pki_types::CertificateDer;
@@ -356,6 +357,7 @@ impl Transport {
         let metrics = self.metrics.clone();
         let timeout = self.limits.handshake_timeout;
         Ok(async move {
+            let _handshaking = HandshakingGauge::new(&metrics);
             let handshake = async {
                 let conn = connecting.await.map_err(|e| handshake_error(&e))?;
                 await_preface(&conn).await?;
@@ -536,7 +538,7 @@ impl Transport {
             conn,
             peer,
             counters,
-            transport: ctx.address(),
+            transport: ctx.address().downgrade(),
             metrics: self.metrics.clone(),
             pending_accepts: self.limits.pending_accepts,
             header_timeout: self.limits.header_timeout,
@@ -547,7 +549,7 @@ impl Transport {
 
     fn spawn_accept_loop(&self, ctx: &mut Context<Self>) {
         let endpoint = self.endpoint.clone();
-        let transport = ctx.address();
+        let transport = ctx.address().downgrade();
         let metrics = self.metrics.clone();
         let timeout = self.limits.handshake_timeout;
         actix::spawn(async move {
@@ -663,14 +665,32 @@ impl Actor for Transport {
     }
 }
 
+/// Counts a handshake in progress for as long as it lives.
+struct HandshakingGauge(prometheus::IntGauge);
+
+impl HandshakingGauge {
+    fn new(metrics: &TransportMetrics) -> Self {
+        let gauge = metrics.connections.with_label_values(&["handshaking"]);
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for HandshakingGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// One handshake on the accepting side, then the preface once registered.
 async fn accept_one(
     incoming: quinn::Incoming,
-    transport: Addr<Transport>,
+    transport: WeakAddr<Transport>,
     metrics: TransportMetrics,
     timeout: Duration,
 ) {
     let remote = incoming.remote_address();
+    let _handshaking = HandshakingGauge::new(&metrics);
     let count_failure = |side: &str, reason: &str, detail: &str| {
         tracing::warn!(%remote, side, reason, detail, "incoming handshake failed");
         metrics
@@ -698,6 +718,10 @@ async fn accept_one(
             return;
         }
     };
+    let Some(transport) = transport.upgrade() else {
+        conn.close(close_code(CloseCode::Shutdown), b"shutdown");
+        return;
+    };
     match transport.send(ConnectionReady { conn: conn.clone() }).await {
         Ok(Ok(_)) => {
             if let Err(e) = send_preface(&conn).await {
@@ -715,7 +739,8 @@ struct ConnectionTask {
     conn: quinn::Connection,
     peer: VerifiedDevice,
     counters: Arc<ConnectionCounters>,
-    transport: Addr<Transport>,
+    /// Weak, so live connections do not keep a dropped transport alive.
+    transport: WeakAddr<Transport>,
     metrics: TransportMetrics,
     pending_accepts: usize,
     header_timeout: Duration,
@@ -741,10 +766,9 @@ impl ConnectionTask {
         };
         self.count_bytes(&mut counted);
         // If the actor is gone there is nobody left to tell.
-        let _ = self
-            .transport
-            .send(ConnectionLost { id: self.id, error })
-            .await;
+        if let Some(transport) = self.transport.upgrade() {
+            let _ = transport.send(ConnectionLost { id: self.id, error }).await;
+        }
     }
 
     fn count_bytes(&self, counted: &mut (u64, u64)) {
@@ -803,7 +827,9 @@ impl ConnectionTask {
                     let channel =
                         PendingChannel::new(peer, header.name, send, recv, slot, pending, metrics);
                     // If the actor is gone, dropping the channel resets the stream.
-                    let _ = transport.send(RouteChannel { id, channel }).await;
+                    if let Some(transport) = transport.upgrade() {
+                        let _ = transport.send(RouteChannel { id, channel }).await;
+                    }
                 }
                 Err(HeaderReadError::Header(e)) => {
                     tracing::warn!(peer = %peer.device_id, error = %e, "bad channel header");

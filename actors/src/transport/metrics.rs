@@ -10,7 +10,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 /// Metric handles; cheap to clone (each is an `Arc` inside).
 #[derive(Clone, Debug)]
 pub struct TransportMetrics {
-    /// Connections by state (`active`, `draining`).
+    /// Connections by state (`handshaking`, `active`, `draining`).
     pub connections: IntGaugeVec,
     /// Open channels by kind (`sync`, `swarm`, `git`, `file`, `call`, `other`).
     pub channels_open: IntGaugeVec,
@@ -43,7 +43,7 @@ impl TransportMetrics {
             connections: IntGaugeVec::new(
                 opts(
                     "starling_transport_connections",
-                    "QUIC connections to peer devices, by state (active, draining)",
+                    "QUIC connections to peer devices, by state (handshaking, active, draining)",
                 ),
                 &["state"],
             )?,
