@@ -131,14 +131,16 @@ impl ClientCertVerifier for SignatureOnly {
     }
 }
 
-/// A raw quinn server and client endpoint with baseline mutual TLS.
+/// A raw quinn server (on the server thread) and client with baseline mutual TLS.
 struct Raw {
-    server: quinn::Endpoint,
+    server_addr: SocketAddr,
     client: quinn::Endpoint,
     client_config: quinn::ClientConfig,
+    /// One message per connection the server has finished accepting.
+    accepted: tokio::sync::mpsc::Receiver<()>,
 }
 
-fn raw_pair() -> Raw {
+fn raw_pair(server_thread: &Arbiter) -> Raw {
     let provider = crypto_provider();
     let verifier = Arc::new(SignatureOnly(provider.signature_verification_algorithms));
     let (server_id, client_id) = (identity(1), identity(2));
@@ -165,18 +167,37 @@ fn raw_pair() -> Raw {
         QuicClientConfig::try_from(client_tls).expect("quic client"),
     ));
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (tx, accepted) = tokio::sync::mpsc::channel(1024);
+    let server_addr = on_thread(server_thread, move || {
+        let server = quinn::Endpoint::server(server_config, loopback).expect("server endpoint");
+        let addr = server.local_addr().expect("addr");
+        spawn_raw_server(server, tx);
+        addr
+    });
     Raw {
-        server: quinn::Endpoint::server(server_config, loopback).expect("server endpoint"),
+        server_addr,
         client: quinn::Endpoint::client(loopback).expect("client endpoint"),
         client_config,
+        accepted,
     }
 }
 
-fn spawn_raw_server(server: quinn::Endpoint) {
+/// Runs `f` on `thread` (inside its runtime) and returns its result.
+fn on_thread<T: Send + 'static>(thread: &Arbiter, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread.spawn_fn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv().expect("the server thread runs")
+}
+
+fn spawn_raw_server(server: quinn::Endpoint, accepted: tokio::sync::mpsc::Sender<()>) {
     actix::spawn(async move {
         while let Some(incoming) = server.accept().await {
+            let accepted = accepted.clone();
             actix::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
+                let _ = accepted.try_send(());
                 while let Ok((send, mut recv)) = conn.accept_bi().await {
                     let mut send = send;
                     actix::spawn(async move {
@@ -236,14 +257,15 @@ async fn serve(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, bulk:
 
 struct Ours {
     client: Addr<Transport>,
+    server_transport: Addr<Transport>,
     server_addr: SocketAddr,
     server: LocalIdentity,
 }
 
-fn start_ours() -> Ours {
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+fn start_ours(server_thread: &Arbiter) -> Ours {
     let (server_id, client_id) = (identity(3), identity(4));
     let start = |id: &LocalIdentity| {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let socket = udp_socket(loopback).expect("socket");
         let addr = socket.local_addr().expect("addr");
         let transport = Transport::new(TransportConfig {
@@ -256,23 +278,29 @@ fn start_ours() -> Ours {
         .expect("transport");
         (transport.start(), addr)
     };
-    let (server, server_addr) = start(&server_id);
-    let (client, _) = start(&client_id);
-    let service = BenchService.start();
-    actix::spawn(async move {
-        server
-            .send(RegisterChannel {
-                pattern: ChannelPattern::new("bench/*").expect("pattern"),
-                handler: service.recipient(),
-            })
-            .await
-            .expect("actor")
-            .expect("register");
-        // Keep the server transport alive for the whole run.
-        std::future::pending::<()>().await;
+    let server_identity = server_id.clone();
+    let (server_addr, server_transport) = on_thread(server_thread, move || {
+        let (server, server_addr) = start(&server_identity);
+        let server_transport = server.clone();
+        let service = BenchService.start();
+        actix::spawn(async move {
+            server
+                .send(RegisterChannel {
+                    pattern: ChannelPattern::new("bench/*").expect("pattern"),
+                    handler: service.recipient(),
+                })
+                .await
+                .expect("actor")
+                .expect("register");
+            // Keep the server transport alive for the whole run.
+            std::future::pending::<()>().await;
+        });
+        (server_addr, server_transport)
     });
+    let (client, _) = start(&client_id);
     Ours {
         client,
+        server_transport,
         server_addr,
         server: server_id,
     }
@@ -334,13 +362,11 @@ async fn round_trips(
 
 fn transport_benches(c: &mut Criterion) {
     let system = System::new();
-    let raw = system.block_on(async {
-        let raw = raw_pair();
-        spawn_raw_server(raw.server.clone());
-        raw
-    });
-    let raw_server_addr = raw.server.local_addr().expect("addr");
-    let ours = system.block_on(async { start_ours() });
+    // The serving side runs on its own thread, as another device would.
+    let server_thread = system.block_on(async { Arbiter::new() });
+    let mut raw = system.block_on(async { raw_pair(&server_thread) });
+    let raw_server_addr = raw.server_addr;
+    let ours = system.block_on(async { start_ours(&server_thread) });
     system.block_on(ours_connect(&ours));
     let raw_conn = system.block_on(async {
         raw.client
@@ -349,6 +375,7 @@ fn transport_benches(c: &mut Criterion) {
             .await
             .expect("handshake")
     });
+    system.block_on(raw.accepted.recv());
     let data = vec![0xa5u8; BULK_BYTES];
 
     let mut group = c.benchmark_group("bulk");
@@ -400,6 +427,28 @@ fn transport_benches(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("connect");
+    // Until the server holds the connection too: what our Connect waits for
+    // (the connection preface), so the like-for-like baseline.
+    group.bench_function("raw_quinn_confirmed", |b| {
+        b.iter_custom(|iters| {
+            system.block_on(async {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let conn = raw
+                        .client
+                        .connect_with(raw.client_config.clone(), raw_server_addr, SERVER_NAME)
+                        .expect("connect")
+                        .await
+                        .expect("handshake");
+                    raw.accepted.recv().await.expect("server accepted");
+                    spent += start.elapsed();
+                    conn.close(0u32.into(), b"done");
+                }
+                spent
+            })
+        })
+    });
     group.bench_function("raw_quinn", |b| {
         b.iter_custom(|iters| {
             system.block_on(async {
@@ -425,17 +474,19 @@ fn transport_benches(c: &mut Criterion) {
                 let mut spent = Duration::ZERO;
                 let peer = ours.server.verified().device_id;
                 for _ in 0..iters {
-                    // Untimed: drop the previous connection and wait until it is gone.
+                    // Untimed: drop the previous connection and wait until
+                    // both sides have let go of it.
                     ours.client.send(Disconnect { peer }).await.expect("actor");
-                    while !ours
-                        .client
-                        .send(Status)
-                        .await
-                        .expect("actor")
-                        .connections
-                        .is_empty()
-                    {
-                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    for side in [&ours.client, &ours.server_transport] {
+                        while !side
+                            .send(Status)
+                            .await
+                            .expect("actor")
+                            .connections
+                            .is_empty()
+                        {
+                            tokio::time::sleep(Duration::from_micros(200)).await;
+                        }
                     }
                     let start = Instant::now();
                     ours_connect(&ours).await;

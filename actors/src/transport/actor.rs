@@ -51,6 +51,8 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Base delay between channel-open retries after a duplicate close.
 const OPEN_RETRY_DELAY: Duration = Duration::from_millis(25);
+/// Client configs cached (one per peer we dial); the cache is cleared when full.
+const CLIENT_CONFIGS_MAX: usize = 256;
 /// Largest connection preface we read (it is one byte).
 const PREFACE_BYTES_MAX: usize = 16;
 
@@ -168,6 +170,9 @@ pub struct Transport {
     book: RevocationBook,
     limits: TransportLimits,
     quic_transport: Arc<quinn::TransportConfig>,
+    /// Client configs by whom they expect; building one costs a key parse.
+    /// They read the shared revocation book, so caching never hides a CRL.
+    client_configs: HashMap<ExpectedPeer, quinn::ClientConfig>,
     metrics: TransportMetrics,
     conns: HashMap<ConnId, ConnState>,
     active: HashMap<DeviceId, ConnId>,
@@ -326,6 +331,7 @@ impl Transport {
             book,
             limits: config.limits,
             quic_transport,
+            client_configs: HashMap::new(),
             metrics,
             conns: HashMap::new(),
             active: HashMap::new(),
@@ -340,7 +346,7 @@ impl Transport {
     /// Starts a dial; the future resolves to a verified connection that the
     /// peer has accepted (its preface arrived).
     fn dial(
-        &self,
+        &mut self,
         addr: SocketAddr,
         expected: ExpectedPeer,
     ) -> Result<
@@ -350,9 +356,19 @@ impl Transport {
         if expected.device_id == Some(self.verified.device_id) {
             return Err(ConnectError::SelfDial);
         }
-        let crypto = quic_client_crypto(client_crypto(&self.local, &self.book, expected)?)?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(self.quic_transport.clone());
+        let config = match self.client_configs.get(&expected) {
+            Some(config) => config.clone(),
+            None => {
+                let crypto = quic_client_crypto(client_crypto(&self.local, &self.book, expected)?)?;
+                let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+                config.transport_config(self.quic_transport.clone());
+                if self.client_configs.len() >= CLIENT_CONFIGS_MAX {
+                    self.client_configs.clear();
+                }
+                self.client_configs.insert(expected, config.clone());
+                config
+            }
+        };
         let connecting = self.endpoint.connect_with(config, addr, SERVER_NAME)?;
         let metrics = self.metrics.clone();
         let timeout = self.limits.handshake_timeout;
