@@ -218,17 +218,16 @@ fn peer_of(conn: &quinn::Connection) -> Result<(VerifiedDevice, Vec<u8>), Connec
     let certs = identity
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| ConnectError::PeerIdentity("not an X.509 chain".into()))?;
-    let (Some(device), Some(account)) = (certs.first(), certs.get(1)) else {
-        return Err(ConnectError::PeerIdentity("chain too short".into()));
+    let Some(device) = certs.first() else {
+        return Err(ConnectError::PeerIdentity("no device certificate".into()));
     };
-    // The verifier accepted exactly these bytes; parsing again only extracts ids.
+    // The verifier accepted exactly these bytes, including that the device
+    // names the presented account; parsing again only extracts the ids.
     let device =
         DeviceCert::from_der(device).map_err(|e| ConnectError::PeerIdentity(e.to_string()))?;
-    let account =
-        AccountCert::from_der(account).map_err(|e| ConnectError::PeerIdentity(e.to_string()))?;
     Ok((
         VerifiedDevice {
-            account_id: account.id(),
+            account_id: device.claimed_account_id(),
             device_id: device.id(),
         },
         device.serial().to_vec(),
@@ -738,9 +737,17 @@ async fn accept_one(
         conn.close(close_code(CloseCode::Shutdown), b"shutdown");
         return;
     };
-    match transport.send(ConnectionReady { conn: conn.clone() }).await {
+    // The preface says "your certificate is accepted", which is already true;
+    // send it while the actor registers the connection rather than after, to
+    // save the dialler a scheduling round. A registration refusal (limits)
+    // closes the connection right after.
+    let (registered, preface) = futures::join!(
+        transport.send(ConnectionReady { conn: conn.clone() }),
+        send_preface(&conn)
+    );
+    match registered {
         Ok(Ok(_)) => {
-            if let Err(e) = send_preface(&conn).await {
+            if let Err(e) = preface {
                 tracing::debug!(%remote, error = e, "could not send the connection preface");
             }
         }
