@@ -19,21 +19,43 @@ fn fast_limits() -> TransportLimits {
     }
 }
 
+/// Which socket a run uses.
+#[derive(Clone, Copy, Debug)]
+enum Net {
+    Memory,
+    Udp,
+}
+
 #[actix::test]
-async fn simultaneous_dial_keeps_exactly_one_connection() {
+async fn simultaneous_dial_keeps_exactly_one_connection_in_memory() {
+    simultaneous_dial(Net::Memory, 10_000).await;
+}
+
+#[actix::test]
+async fn simultaneous_dial_keeps_exactly_one_connection_over_udp() {
+    simultaneous_dial(Net::Udp, 20_000).await;
+}
+
+async fn simultaneous_dial(net: Net, base_seed: u64) {
     let runs = 100u64;
     let mut raced = 0;
     for run in 0..runs {
         // Fresh identities each run, so either side may hold the smaller id.
-        let seed = 10_000 + run * 10;
-        println!("run {run} seed {seed}");
+        let seed = base_seed + run * 10;
+        println!("{net:?} run {run} seed {seed}");
         let (da, db) = (
             Account::new(seed).device(seed + 1),
             Account::new(seed + 2).device(seed + 3),
         );
         let network = MemoryNetwork::new();
-        let a = start_node(&da, network.bind(memory_addr(1)), fast_limits(), vec![]);
-        let b = start_node(&db, network.bind(memory_addr(2)), fast_limits(), vec![]);
+        let socket = |port| -> std::sync::Arc<dyn quinn::AsyncUdpSocket> {
+            match net {
+                Net::Memory => network.bind(memory_addr(port)),
+                Net::Udp => udp_socket(loopback()).unwrap(),
+            }
+        };
+        let a = start_node(&da, socket(1), fast_limits(), vec![]);
+        let b = start_node(&db, socket(2), fast_limits(), vec![]);
         let _a_seen = register_echo(&a, "sync").await;
         let _b_seen = register_echo(&b, "sync").await;
         let mut a_events = subscribe_events(&a).await;
