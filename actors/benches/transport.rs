@@ -274,6 +274,7 @@ fn start_ours(server_thread: &Arbiter) -> Ours {
             registry: Registry::new(),
             limits: TransportLimits::default(),
             revocations: vec![],
+            rng_seed: 7,
         })
         .expect("transport");
         (transport.start(), addr)

@@ -27,6 +27,8 @@ use actix::prelude::*;
 use actix::WeakAddr;
 use prometheus::Registry;
 use quinn::{AsyncUdpSocket, VarInt};
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
 use rustls::pki_types::CertificateDer;
 use starling_protocol::channel::{ChannelName, CloseCode, ReplyCode, PREFACE_VERSION};
 use starling_protocol::limits;
@@ -51,6 +53,8 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Base delay between channel-open retries after a duplicate close.
 const OPEN_RETRY_DELAY: Duration = Duration::from_millis(25);
+/// Mixed into the configured seed for quinn's own RNG, so it differs from ours.
+const QUINN_SEED_SALT: u64 = 0x5175_696e_6e53_6565;
 /// Client configs cached (one per peer we dial); the cache is cleared when full.
 const CLIENT_CONFIGS_MAX: usize = 256;
 /// Largest connection preface we read (it is one byte).
@@ -123,6 +127,9 @@ pub struct TransportConfig {
     pub limits: TransportLimits,
     /// CRLs known at start (our own account's, at least).
     pub revocations: Vec<(AccountCert, RevocationList)>,
+    /// Seeds every random choice the transport makes (reconnect jitter,
+    /// quinn's connection ids), so a simulation run is reproducible.
+    pub rng_seed: u64,
 }
 
 /// Why a transport could not start.
@@ -183,6 +190,8 @@ pub struct Transport {
     subscribers: Vec<Recipient<ConnectionEvent>>,
     datagrams: watch::Sender<Option<Recipient<DatagramReceived>>>,
     wanted: HashMap<SocketAddr, Wanted>,
+    /// Reconnect jitter; seeded from the config.
+    rng: StdRng,
     next_conn: ConnId,
 }
 
@@ -316,8 +325,12 @@ impl Transport {
         server
             .transport_config(quic_transport.clone())
             .max_incoming(config.limits.connections_max);
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        let mut quinn_seed = [0u8; 32];
+        StdRng::seed_from_u64(config.rng_seed ^ QUINN_SEED_SALT).fill_bytes(&mut quinn_seed);
+        endpoint_config.rng_seed(Some(quinn_seed));
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server),
             config.socket,
             Arc::new(quinn::TokioRuntime),
@@ -338,6 +351,7 @@ impl Transport {
             subscribers: Vec::new(),
             datagrams,
             wanted: HashMap::new(),
+            rng: StdRng::seed_from_u64(config.rng_seed),
             next_conn: 0,
         })
     }
@@ -593,6 +607,9 @@ impl Transport {
     }
 
     fn schedule_dial(&mut self, addr: SocketAddr, delay: Duration, ctx: &mut Context<Self>) {
+        // Up to +50% jitter, so peers that lost the same node do not all
+        // come back in the same instant.
+        let delay = delay.mul_f64(1.0 + self.rng.gen_range(0.0..0.5));
         ctx.run_later(delay, move |act, ctx| act.dial_wanted(addr, ctx));
     }
 

@@ -132,6 +132,8 @@ pub fn start_node(
         registry: registry.clone(),
         limits,
         revocations,
+        // Deterministic per identity; the identities come from printed seeds.
+        rng_seed: u64::from_le_bytes(device.cert.id().as_bytes()[..8].try_into().unwrap()),
     })
     .unwrap();
     Node {
