@@ -181,3 +181,51 @@ impl AsyncUdpSocket for MemorySocket {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(from: &MemorySocket, to: SocketAddr, bytes: &[u8]) {
+        from.try_send(&Transmit {
+            destination: to,
+            ecn: None,
+            contents: bytes,
+            segment_size: None,
+            src_ip: None,
+        })
+        .expect("memory sends never fail");
+    }
+
+    fn recv(socket: &MemorySocket) -> Option<(SocketAddr, Vec<u8>)> {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = [0u8; 64];
+        let mut meta = [RecvMeta::default()];
+        let mut bufs = [IoSliceMut::new(&mut buf)];
+        match socket.poll_recv(&mut cx, &mut bufs, &mut meta) {
+            Poll::Ready(Ok(1)) => Some((meta[0].addr, buf[..meta[0].len].to_vec())),
+            Poll::Pending => None,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn delivers_to_the_bound_address_and_drops_otherwise() {
+        let a_addr = SocketAddr::from(([10, 0, 0, 1], 1));
+        let b_addr = SocketAddr::from(([10, 0, 0, 2], 1));
+        let network = MemoryNetwork::new();
+        let (a, b) = (network.bind(a_addr), network.bind(b_addr));
+        send(&a, b_addr, b"hi");
+        assert_eq!(recv(&b), Some((a_addr, b"hi".to_vec())));
+        assert_eq!(recv(&b), None);
+        // Nobody there: dropped, like UDP.
+        send(&a, SocketAddr::from(([10, 0, 0, 9], 1)), b"lost");
+        assert_eq!(recv(&a), None);
+        // A restarted node takes its address back; the old socket hears nothing more.
+        let b2 = network.bind(b_addr);
+        send(&a, b_addr, b"again");
+        assert_eq!(recv(&b), None);
+        assert_eq!(recv(&b2), Some((a_addr, b"again".to_vec())));
+    }
+}

@@ -559,3 +559,144 @@ pub fn handshake_failure(error: &quinn::ConnectionError) -> (FailureSide, &'stat
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn account(seed: u64) -> (SigningKey, AccountCert) {
+        let key = SigningKey::generate(&mut StdRng::seed_from_u64(seed));
+        let cert = AccountCert::issue(&key, SystemTime::now(), &mut StdRng::seed_from_u64(seed))
+            .expect("issue");
+        (key, cert)
+    }
+
+    fn device(account: &(SigningKey, AccountCert), seed: u64) -> (SigningKey, DeviceCert) {
+        let key = SigningKey::generate(&mut StdRng::seed_from_u64(seed));
+        let cert = DeviceCert::issue(
+            &account.0,
+            &account.1,
+            &key.verifying_key(),
+            SystemTime::now(),
+            &mut StdRng::seed_from_u64(seed),
+        )
+        .expect("issue");
+        (key, cert)
+    }
+
+    /// What the peer learns from our alert, for each kind of rejection.
+    fn label_seen_by_peer(rejection: &PeerRejection) -> &'static str {
+        let rustls::Error::InvalidCertificate(cert_error) = rejection.to_rustls() else {
+            panic!("every rejection is a certificate error");
+        };
+        let alert = u8::from(rustls::AlertDescription::from(cert_error));
+        let close = quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::crypto(alert),
+            frame_type: None,
+            reason: bytes::Bytes::new(),
+        });
+        let (side, label) = handshake_failure(&close);
+        assert_eq!(side, FailureSide::Remote);
+        label
+    }
+
+    #[test]
+    fn each_rejection_reaches_the_peer_as_its_own_reason() {
+        let a = account(1);
+        let (_, d) = device(&a, 2);
+        let (account_id, device_id) = (a.1.id(), d.id());
+        // One row per rejection: what we found, the reason both sides count.
+        let cases = [
+            (PeerRejection::Malformed("x".into()), "bad_certificate"),
+            (
+                PeerRejection::IncompleteChain { found: 1 },
+                "bad_certificate",
+            ),
+            (PeerRejection::SelfSigned, "untrusted_issuer"),
+            (
+                PeerRejection::Chain(ChainError::DeviceSignature(device_id)),
+                "untrusted_issuer",
+            ),
+            (
+                PeerRejection::Chain(ChainError::AccountSignature(account_id)),
+                "untrusted_issuer",
+            ),
+            (
+                PeerRejection::Chain(ChainError::DeviceExpired(device_id)),
+                "expired",
+            ),
+            (
+                PeerRejection::Chain(ChainError::DeviceNotYetValid(device_id)),
+                "expired",
+            ),
+            (
+                PeerRejection::Chain(ChainError::AccountNotCurrent(account_id)),
+                "expired",
+            ),
+            (
+                PeerRejection::Chain(ChainError::Revoked(device_id)),
+                "revoked",
+            ),
+            (
+                PeerRejection::Chain(ChainError::Crl(CrlError::Encode("x".into()))),
+                "bad_crl",
+            ),
+            (
+                PeerRejection::WrongAccount {
+                    expected: account_id,
+                    found: account_id,
+                },
+                "wrong_peer",
+            ),
+            (
+                PeerRejection::WrongDevice {
+                    expected: device_id,
+                    found: device_id,
+                },
+                "wrong_peer",
+            ),
+        ];
+        for (rejection, label) in cases {
+            assert_eq!(label_seen_by_peer(&rejection), label, "{rejection}");
+        }
+    }
+
+    #[test]
+    fn identity_must_match_its_key_and_account() {
+        let a = account(1);
+        let (key, cert) = device(&a, 2);
+        assert!(LocalIdentity::new(key.clone(), cert.clone(), a.1.clone()).is_ok());
+        let (other_key, _) = device(&a, 3);
+        assert!(matches!(
+            LocalIdentity::new(other_key, cert.clone(), a.1.clone()),
+            Err(TlsError::KeyMismatch { .. })
+        ));
+        let other_account = account(4);
+        assert!(matches!(
+            LocalIdentity::new(key, cert, other_account.1),
+            Err(TlsError::AccountMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn the_book_keeps_only_newer_verified_lists() {
+        let a = account(1);
+        let (_, d) = device(&a, 2);
+        let b = account(3);
+        let book = RevocationBook::new();
+        let first = RevocationList::first(&a.0, &a.1, SystemTime::now()).expect("crl");
+        let second = first
+            .with_revoked(&a.0, &a.1, d.serial(), SystemTime::now())
+            .expect("crl");
+        assert_eq!(book.offer(&a.1, first.clone()), Ok(true));
+        assert_eq!(book.offer(&a.1, second.clone()), Ok(true));
+        assert_eq!(book.offer(&a.1, first), Ok(false));
+        assert_eq!(book.get(&a.1.id()).as_deref(), Some(&second));
+        // A list offered under the wrong account is refused and not stored.
+        let foreign = RevocationList::first(&b.0, &b.1, SystemTime::now()).expect("crl");
+        assert!(book.offer(&a.1, foreign).is_err());
+        assert!(book.get(&b.1.id()).is_none());
+    }
+}
