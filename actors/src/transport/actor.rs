@@ -449,6 +449,21 @@ impl Transport {
             conn.close(close_code(CloseCode::SelfConnection), b"self");
             return Err(ConnectError::SelfDial);
         }
+        // Revocation news may have arrived while this handshake was in flight.
+        if self
+            .book
+            .get(&peer.account_id)
+            .is_some_and(|crl| crl.is_revoked(&device_serial))
+        {
+            conn.close(close_code(CloseCode::Revoked), b"revoked");
+            self.metrics
+                .handshakes_failed
+                .with_label_values(&["local", "revoked"])
+                .inc();
+            return Err(ConnectError::Closed(
+                "the peer device was just revoked".into(),
+            ));
+        }
         if self.conns.len() >= self.limits.connections_max {
             conn.close(
                 close_code(CloseCode::TooManyConnections),
