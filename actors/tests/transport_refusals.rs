@@ -398,3 +398,51 @@ async fn too_many_channels_are_refused() {
     .await;
     within("fourth", open()).await.unwrap().unwrap();
 }
+
+#[actix::test]
+async fn garbage_headers_never_hurt_the_node() {
+    use rand::{Rng, RngCore};
+    let (da, db) = (Account::new(1).device(11), Account::new(2).device(21));
+    let b = start_udp_node(&db);
+    let crypto = client_crypto(&da.identity(), &RevocationBook::new(), db.expected()).unwrap();
+    let endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(crypto).unwrap()));
+    let conn = within(
+        "raw connect",
+        endpoint
+            .connect_with(config, b.socket_addr, SERVER_NAME)
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let seed = 4242;
+    println!("garbage seed {seed}");
+    let mut rng = rng(seed);
+    for case in 0..64 {
+        let mut bytes = vec![0u8; rng.gen_range(0..300)];
+        rng.fill_bytes(&mut bytes);
+        if case % 2 == 0 && !bytes.is_empty() {
+            bytes[0] = 1; // a valid version, so the length and name get parsed
+        }
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+        // Whatever came back must be a well-formed reply (or nothing, if the
+        // stream ended before a whole header).
+        let reply = within("reply", recv.read_to_end(64 * 1024)).await;
+        if let Ok(reply) = reply {
+            if !reply.is_empty() {
+                let (reply, _) = decode_reply(&reply)
+                    .unwrap_or_else(|e| panic!("case {case}: bad reply {e}"))
+                    .unwrap_or_else(|| panic!("case {case}: short reply"));
+                // No service is registered, so nothing is ever accepted.
+                assert_ne!(reply.code, ReplyCode::Accepted, "case {case}");
+            }
+        }
+    }
+    assert!(
+        conn.close_reason().is_none(),
+        "a bad channel must not cost the connection"
+    );
+    still_serving(&b).await;
+}
