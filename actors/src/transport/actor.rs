@@ -1094,6 +1094,10 @@ struct Picked {
 impl Transport {
     fn pick(&self, peer: DeviceId) -> Option<Picked> {
         let state = self.conns.get(self.active.get(&peer)?)?;
+        if state.close_reason.is_some() {
+            // We are closing it (revoked, disconnected); do not start channels on it.
+            return None;
+        }
         Some(Picked {
             conn: state.conn.clone(),
             peer: state.peer,
