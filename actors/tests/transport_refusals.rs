@@ -446,3 +446,68 @@ async fn garbage_headers_never_hurt_the_node() {
     );
     still_serving(&b).await;
 }
+
+/// Presents a fixed certificate chain but signs with whatever key it was given.
+#[derive(Debug)]
+struct MismatchedKey(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for MismatchedKey {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[actix::test]
+async fn a_valid_chain_with_a_forged_handshake_signature_is_refused() {
+    let b = start_udp_node(&Account::new(2).device(21));
+    // A genuine, current device chain — but the handshake is signed by a key
+    // that is not the device's: only the signature check can catch this.
+    let victim = Account::new(1).device(11).identity();
+    let impostor_key = {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let key = SigningKey::generate(&mut rng(99));
+        PrivateKeyDer::Pkcs8(key.to_pkcs8_der().unwrap().as_bytes().to_vec().into())
+    };
+    let provider = starling_actors::transport::tls::crypto_provider();
+    let signer = provider
+        .key_provider
+        .load_private_key(impostor_key)
+        .unwrap();
+    let resolver = Arc::new(MismatchedKey(Arc::new(rustls::sign::CertifiedKey::new(
+        victim.chain(),
+        signer,
+    ))));
+    // Reuse the real client config for everything but the client certificate.
+    let mut crypto =
+        client_crypto_presenting(None, &RevocationBook::new(), b.device.expected()).unwrap();
+    crypto.client_auth_cert_resolver = resolver;
+    let endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(crypto).unwrap()));
+    let connecting = endpoint
+        .connect_with(config, b.socket_addr, SERVER_NAME)
+        .unwrap();
+    let end = within("forged dial", async {
+        match connecting.await {
+            Err(e) => e,
+            Ok(conn) => conn.closed().await,
+        }
+    })
+    .await;
+    assert_eq!(
+        handshake_failure(&end),
+        (FailureSide::Remote, "bad_signature")
+    );
+    eventually("server counts", || {
+        failed(&b, "local", "bad_signature") == 1.0
+    })
+    .await;
+    still_serving(&b).await;
+}
