@@ -24,31 +24,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix::WeakAddr;
 use prometheus::Registry;
 use quinn::{AsyncUdpSocket, VarInt};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use rustls::pki_types::CertificateDer;
-use starling_protocol::channel::{ChannelName, CloseCode, ReplyCode, PREFACE_VERSION};
+use starling_protocol::channel::{ChannelName, CloseCode, ReplyCode};
 use starling_protocol::limits;
 use starling_protocol::VerifiedDevice;
-use starling_protocol::{AccountCert, CrlError, DeviceCert, DeviceId, RevocationList};
+use starling_protocol::{AccountCert, CrlError, DeviceId, RevocationList};
 use tokio::sync::watch;
 
-use super::channel::{
-    open_channel, read_header, refuse_stream, ChannelError, ConnectionCounters, HeaderReadError,
-    PendingChannel, PendingGuard, SlotGuard,
+use super::channel::{open_channel, ChannelError, ConnectionCounters, SlotGuard};
+use super::connection::{
+    accept_one, await_preface, close_code, handshake_error, peer_of, ConnectionLost,
+    ConnectionReady, ConnectionTask, HandshakingGauge, RouteChannel,
 };
 use super::messages::*;
 use super::metrics::TransportMetrics;
 use super::tls::{
-    client_crypto, handshake_failure, quic_client_crypto, quic_server_crypto, server_crypto,
-    ExpectedPeer, FailureSide, LocalIdentity, RevocationBook, TlsError, SERVER_NAME,
+    client_crypto, quic_client_crypto, quic_server_crypto, server_crypto, ExpectedPeer,
+    FailureSide, LocalIdentity, RevocationBook, TlsError, SERVER_NAME,
 };
 
-/// How often connection byte counters are folded into the metrics.
-const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often draining connections are checked for emptiness.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Base delay between channel-open retries after a duplicate close.
@@ -57,8 +54,6 @@ const OPEN_RETRY_DELAY: Duration = Duration::from_millis(25);
 const QUINN_SEED_SALT: u64 = 0x5175_696e_6e53_6565;
 /// Client configs cached (one per peer we dial); the cache is cleared when full.
 const CLIENT_CONFIGS_MAX: usize = 256;
-/// Largest connection preface we read (it is one byte).
-const PREFACE_BYTES_MAX: usize = 16;
 
 /// Every bound the transport enforces. [`Default`] takes them from
 /// `starling_protocol::limits`; tests shrink them.
@@ -147,7 +142,8 @@ pub enum TransportError {
     Limit(String),
 }
 
-type ConnId = u64;
+/// Identifies a connection within one transport.
+pub(super) type ConnId = u64;
 
 struct ConnState {
     conn: quinn::Connection,
@@ -195,10 +191,6 @@ pub struct Transport {
     next_conn: ConnId,
 }
 
-fn close_code(code: CloseCode) -> VarInt {
-    VarInt::from_u64(code.to_u64()).unwrap_or(VarInt::MAX)
-}
-
 fn quic_transport(limits: &TransportLimits) -> Result<quinn::TransportConfig, TransportError> {
     let mut config = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(limits.idle_timeout)
@@ -217,39 +209,6 @@ fn quic_transport(limits: &TransportLimits) -> Result<quinn::TransportConfig, Tr
         // One uni stream: the server's connection preface.
         .max_concurrent_uni_streams(VarInt::from_u32(1));
     Ok(config)
-}
-
-/// Reads the (account, device) a verified connection's peer proved.
-fn peer_of(conn: &quinn::Connection) -> Result<(VerifiedDevice, Vec<u8>), ConnectError> {
-    let identity = conn
-        .peer_identity()
-        .ok_or_else(|| ConnectError::PeerIdentity("no certificates".into()))?;
-    let certs = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| ConnectError::PeerIdentity("not an X.509 chain".into()))?;
-    let Some(device) = certs.first() else {
-        return Err(ConnectError::PeerIdentity("no device certificate".into()));
-    };
-    // The verifier accepted exactly these bytes, including that the device
-    // names the presented account; parsing again only extracts the ids.
-    let device =
-        DeviceCert::from_der(device).map_err(|e| ConnectError::PeerIdentity(e.to_string()))?;
-    Ok((
-        VerifiedDevice {
-            account_id: device.claimed_account_id(),
-            device_id: device.id(),
-        },
-        device.serial().to_vec(),
-    ))
-}
-
-fn handshake_error(error: &quinn::ConnectionError) -> ConnectError {
-    let (side, reason) = handshake_failure(error);
-    ConnectError::Handshake {
-        side,
-        reason,
-        detail: error.to_string(),
-    }
 }
 
 /// Why a connection ended, as a bounded label.
@@ -279,35 +238,6 @@ fn retryable(error: &quinn::ConnectionError) -> bool {
         quinn::ConnectionError::LocallyClosed => true,
         _ => false,
     }
-}
-
-async fn send_preface(conn: &quinn::Connection) -> Result<(), String> {
-    let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
-    stream
-        .write_all(&[PREFACE_VERSION])
-        .await
-        .map_err(|e| e.to_string())?;
-    stream.finish().map_err(|e| e.to_string())
-}
-
-async fn await_preface(conn: &quinn::Connection) -> Result<(), ConnectError> {
-    let mut stream = conn.accept_uni().await.map_err(|e| handshake_error(&e))?;
-    let bytes = stream
-        .read_to_end(PREFACE_BYTES_MAX)
-        .await
-        .map_err(|e| match e {
-            quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(lost)) => {
-                handshake_error(&lost)
-            }
-            other => ConnectError::Closed(format!("connection preface: {other}")),
-        })?;
-    if bytes != [PREFACE_VERSION] {
-        conn.close(close_code(CloseCode::Disconnected), b"bad preface");
-        return Err(ConnectError::Closed(format!(
-            "connection preface {bytes:?} is not version {PREFACE_VERSION}"
-        )));
-    }
-    Ok(())
 }
 
 impl Transport {
@@ -712,216 +642,11 @@ impl Actor for Transport {
     }
 }
 
-/// Counts a handshake in progress for as long as it lives.
-struct HandshakingGauge(prometheus::IntGauge);
-
-impl HandshakingGauge {
-    fn new(metrics: &TransportMetrics) -> Self {
-        let gauge = metrics.connections.with_label_values(&["handshaking"]);
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for HandshakingGauge {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// One handshake on the accepting side, then the preface once registered.
-async fn accept_one(
-    incoming: quinn::Incoming,
-    transport: WeakAddr<Transport>,
-    metrics: TransportMetrics,
-    timeout: Duration,
-) {
-    let remote = incoming.remote_address();
-    let _handshaking = HandshakingGauge::new(&metrics);
-    let count_failure = |side: &str, reason: &str, detail: &str| {
-        tracing::warn!(%remote, side, reason, detail, "incoming handshake failed");
-        metrics
-            .handshakes_failed
-            .with_label_values(&[side, reason])
-            .inc();
-    };
-    let connecting = match incoming.accept() {
-        Ok(connecting) => connecting,
-        Err(e) => {
-            let (side, reason) = handshake_failure(&e);
-            count_failure(side.label(), reason, &e.to_string());
-            return;
-        }
-    };
-    let conn = match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            let (side, reason) = handshake_failure(&e);
-            count_failure(side.label(), reason, &e.to_string());
-            return;
-        }
-        Err(_) => {
-            count_failure("local", "timeout", "handshake timed out");
-            return;
-        }
-    };
-    let Some(transport) = transport.upgrade() else {
-        conn.close(close_code(CloseCode::Shutdown), b"shutdown");
-        return;
-    };
-    // The preface says "your certificate is accepted", which is already true;
-    // send it while the actor registers the connection rather than after, to
-    // save the dialler a scheduling round. A registration refusal (limits)
-    // closes the connection right after.
-    let (registered, preface) = futures::join!(
-        transport.send(ConnectionReady { conn: conn.clone() }),
-        send_preface(&conn)
-    );
-    match registered {
-        Ok(Ok(_)) => {
-            if let Err(e) = preface {
-                tracing::debug!(%remote, error = e, "could not send the connection preface");
-            }
-        }
-        // Refused (the actor closed it) or the transport is gone.
-        Ok(Err(_)) | Err(_) => conn.close(close_code(CloseCode::Shutdown), b"not registered"),
-    }
-}
-
-/// The loop that serves one connection's incoming streams and datagrams.
-struct ConnectionTask {
-    id: ConnId,
-    conn: quinn::Connection,
-    peer: VerifiedDevice,
-    counters: Arc<ConnectionCounters>,
-    /// Weak, so live connections do not keep a dropped transport alive.
-    transport: WeakAddr<Transport>,
-    metrics: TransportMetrics,
-    pending_accepts: usize,
-    header_timeout: Duration,
-    datagrams: watch::Receiver<Option<Recipient<DatagramReceived>>>,
-}
-
-impl ConnectionTask {
-    async fn run(self) {
-        let mut ticker = tokio::time::interval(STATS_INTERVAL);
-        let mut counted = (0u64, 0u64);
-        let error = loop {
-            tokio::select! {
-                accepted = self.conn.accept_bi() => match accepted {
-                    Ok((send, recv)) => self.serve_stream(send, recv),
-                    Err(e) => break e,
-                },
-                datagram = self.conn.read_datagram() => match datagram {
-                    Ok(payload) => self.deliver_datagram(payload),
-                    Err(e) => break e,
-                },
-                _ = ticker.tick() => self.count_bytes(&mut counted),
-            }
-        };
-        self.count_bytes(&mut counted);
-        // If the actor is gone there is nobody left to tell.
-        if let Some(transport) = self.transport.upgrade() {
-            let _ = transport.send(ConnectionLost { id: self.id, error }).await;
-        }
-    }
-
-    fn count_bytes(&self, counted: &mut (u64, u64)) {
-        let stats = self.conn.stats();
-        let (sent, received) = (stats.udp_tx.bytes, stats.udp_rx.bytes);
-        self.metrics
-            .bytes_sent
-            .inc_by(sent.saturating_sub(counted.0));
-        self.metrics
-            .bytes_received
-            .inc_by(received.saturating_sub(counted.1));
-        *counted = (sent, received);
-    }
-
-    fn deliver_datagram(&self, payload: bytes::Bytes) {
-        let subscriber = self.datagrams.borrow().clone();
-        let delivered = subscriber.is_some_and(|subscriber| {
-            subscriber
-                .try_send(DatagramReceived {
-                    peer: self.peer,
-                    payload,
-                })
-                .is_ok()
-        });
-        if !delivered {
-            self.metrics.datagrams_dropped.inc();
-        }
-    }
-
-    fn serve_stream(&self, send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let slot = SlotGuard::take(&self.counters);
-        let metrics = self.metrics.clone();
-        if self.counters.pending.load(Ordering::Relaxed) >= self.pending_accepts {
-            tracing::warn!(peer = %self.peer.device_id, "too many channels awaiting a decision");
-            actix::spawn(async move {
-                refuse_stream(
-                    send,
-                    recv,
-                    ReplyCode::Busy,
-                    "too many channels awaiting a decision",
-                    &metrics,
-                )
-                .await;
-                drop(slot);
-            });
-            return;
-        }
-        let pending = PendingGuard::take(&self.counters);
-        let transport = self.transport.clone();
-        let timeout = self.header_timeout;
-        let peer = self.peer;
-        let id = self.id;
-        actix::spawn(async move {
-            match read_header(&mut recv, timeout).await {
-                Ok(header) => {
-                    let channel =
-                        PendingChannel::new(peer, header.name, send, recv, slot, pending, metrics);
-                    // If the actor is gone, dropping the channel resets the stream.
-                    if let Some(transport) = transport.upgrade() {
-                        let _ = transport.send(RouteChannel { id, channel }).await;
-                    }
-                }
-                Err(HeaderReadError::Header(e)) => {
-                    tracing::warn!(peer = %peer.device_id, error = %e, "bad channel header");
-                    refuse_stream(send, recv, e.reply_code(), &e.to_string(), &metrics).await;
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %peer.device_id, error = %e, "no channel header");
-                    metrics
-                        .channels_refused
-                        .with_label_values(&["local", "no_header"])
-                        .inc();
-                }
-            }
-        });
-    }
-}
-
-/// An incoming handshake finished; take the connection in.
-#[derive(Message)]
-#[rtype(result = "Result<VerifiedDevice, ConnectError>")]
-struct ConnectionReady {
-    conn: quinn::Connection,
-}
-
 impl Handler<ConnectionReady> for Transport {
     type Result = Result<VerifiedDevice, ConnectError>;
     fn handle(&mut self, msg: ConnectionReady, ctx: &mut Context<Self>) -> Self::Result {
         self.register(msg.conn, Direction::Incoming, ctx)
     }
-}
-
-/// A connection's task ended.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ConnectionLost {
-    id: ConnId,
-    error: quinn::ConnectionError,
 }
 
 impl Handler<ConnectionLost> for Transport {
@@ -994,14 +719,6 @@ impl Handler<ConnectionLost> for Transport {
             self.schedule_dial(addr, delay, ctx);
         }
     }
-}
-
-/// A header arrived; route the channel to its handler or refuse it.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct RouteChannel {
-    id: ConnId,
-    channel: PendingChannel,
 }
 
 impl Handler<RouteChannel> for Transport {

@@ -5,6 +5,7 @@
 //! - [`socket`]: the UDP seam (real socket, in-memory network).
 //! - [`channel`]: channel handles and the open/serve halves of the channel protocol.
 //! - [`actor`]: the `Transport` actor that owns the endpoint and all connections.
+//! - `connection`: the accepting handshake, the preface, and each connection's serving task.
 //! - [`messages`]: what other actors send it and what they get back.
 //! - [`metrics`]: the per-node Prometheus metrics.
 //!
@@ -16,6 +17,7 @@
 
 pub mod actor;
 pub mod channel;
+mod connection;
 pub mod messages;
 pub mod metrics;
 pub mod socket;
