@@ -8,8 +8,11 @@
 //! The baseline uses the same crypto provider (ring), TLS 1.3, the same
 //! ed25519 certificates, mutual authentication and handshake-signature
 //! checks, but no chain verification, no connection preface and no channel
-//! header — exactly the cost the transport adds. Both run on one actix
-//! (current-thread tokio) runtime over loopback UDP.
+//! header — exactly the cost the transport adds. In both, the serving side
+//! runs on its own actix arbiter (thread), the dialling side on the main one,
+//! over loopback UDP. `connect/raw_quinn` stops when the client's handshake
+//! completes; `connect/raw_quinn_confirmed` also waits until the server holds
+//! the connection, which is what our `Connect` waits for (the preface).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
