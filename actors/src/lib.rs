@@ -7,8 +7,10 @@
 //! only in the call actor. Rules and formats are not decided here: they live
 //! in `starling-protocol` as pure functions, which these actors call.
 //!
-//! Modules arrive with their issues: today the account actor; then swarm
-//! storage, the transport, conversations, discovery and calls.
+//! Modules arrive with their issues: today the account actor, the
+//! transport and the pack protocol; then swarm storage, conversations,
+//! discovery and calls.
 
 pub mod account;
 pub mod git_wire;
+pub mod transport;

@@ -13,6 +13,7 @@
 pub mod archive;
 pub mod cert;
 pub mod chain;
+pub mod channel;
 pub mod crl;
 pub mod fetch_schedule;
 pub mod id;

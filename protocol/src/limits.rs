@@ -32,3 +32,69 @@ pub const ARGON2_MEMORY_KIB_MAX: u32 = 1024 * 1024;
 pub const ARGON2_ITERATIONS_MAX: u32 = 64;
 /// See [`ARGON2_MEMORY_KIB_MAX`].
 pub const ARGON2_LANES_MAX: u32 = 16;
+
+// ---- Transport (issue 4): QUIC connections and channels. -----------------
+// The channel-header limits are wire facts (a second implementation must
+// honour them); the rest bound what one peer may cost a node. The transport
+// actor's `TransportLimits::default()` is built from these; tests shrink them.
+
+/// Longest channel name, in bytes (`swarm/<64 hex>` is 70).
+pub const CHANNEL_NAME_BYTES_MAX: usize = 200;
+
+/// Longest refusal reason a channel reply may carry, in bytes of UTF-8.
+pub const CHANNEL_REFUSAL_REASON_BYTES_MAX: usize = 256;
+
+/// Channels (open plus awaiting a decision) one connection may hold.
+pub const CHANNELS_PER_CONNECTION_MAX: usize = 256;
+
+/// Channels one peer device may hold across all its connections to us (during
+/// simultaneous-dial de-duplication a peer briefly has two).
+pub const CHANNELS_PER_PEER_MAX: usize = 384;
+
+/// Incoming channels per connection whose header is being read or whose
+/// handler has not yet accepted or refused them.
+pub const CHANNEL_PENDING_ACCEPTS_MAX: usize = 32;
+
+/// How long an incoming channel may take to send its header, in milliseconds.
+pub const CHANNEL_HEADER_TIMEOUT_MS: u64 = 5_000;
+
+/// How long an opener waits for the accept/refuse reply, in milliseconds.
+pub const CHANNEL_REPLY_TIMEOUT_MS: u64 = 10_000;
+
+/// How long a QUIC + TLS handshake (and the connection preface) may take, in milliseconds.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// A connection with no traffic for this long is closed, in milliseconds.
+pub const CONNECTION_IDLE_TIMEOUT_MS: u64 = 30_000;
+
+/// Keep-alive ping interval on idle connections, in milliseconds (a third of
+/// the idle timeout, so two lost pings do not kill a healthy connection).
+pub const CONNECTION_KEEP_ALIVE_MS: u64 = 10_000;
+
+/// Connections one endpoint holds at once; beyond it new handshakes are refused.
+pub const CONNECTIONS_MAX: usize = 1_024;
+
+/// How long the losing connection of a simultaneous dial may keep draining its
+/// channels before it is closed anyway, in milliseconds.
+pub const DUPLICATE_DRAIN_TIMEOUT_MS: u64 = 10_000;
+
+/// First and largest delay between reconnection attempts to a wanted peer, in milliseconds.
+pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
+/// See [`RECONNECT_BACKOFF_MIN_MS`].
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 30_000;
+
+/// Subscribers to connection events one transport keeps.
+pub const EVENT_SUBSCRIBERS_MAX: usize = 64;
+
+/// How long the losing connection of a simultaneous dial stays open at least,
+/// in milliseconds, so the peer registers the surviving twin before the loser
+/// closes (else it would briefly see the peer as gone).
+pub const DUPLICATE_DRAIN_GRACE_MS: u64 = 1_000;
+
+/// Times an opener retries a channel whose connection was closed as a
+/// duplicate (or closed locally) before the peer answered it.
+pub const CHANNEL_OPEN_RETRIES_MAX: u32 = 5;
+
+/// Messages the transport actor's mailbox holds; senders beyond it wait
+/// (`send`) or are told it is full (`try_send`).
+pub const TRANSPORT_MAILBOX_MESSAGES_MAX: usize = 1_024;
