@@ -3,7 +3,7 @@
 # this machine has: the `docker compose` plugin, else the v1 `docker-compose`.
 #
 #   fleet.sh up [NODES_PER_UNIVERSITY]   start or rescale (default 2), wait until healthy
-#   fleet.sh down                        stop and remove containers, networks, volumes
+#   fleet.sh down                        stop and remove containers, networks, the nodes' volumes
 #   fleet.sh ps | logs [SERVICE] | compose ARGS...
 #
 # COMPOSE_PROJECT_NAME (default starling) names the fleet; partition.sh uses
@@ -50,7 +50,19 @@ case "${1:-}" in
     compose up -d --scale "uni-a=$per_uni" --scale "uni-b=$per_uni"
     wait_healthy
     ;;
-  down) compose down --volumes --remove-orphans --timeout 20 ;;
+  down)
+    # `down --volumes` removes only volumes a container created itself; a
+    # recreated container (an upgrade) mounts its predecessor's, which would
+    # be left behind. So note every volume the fleet mounts and remove what
+    # is left of them afterwards.
+    volumes="$(for id in $(containers); do
+      docker inspect --format '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}}{{"\n"}}{{end}}{{end}}' "$id"
+    done | sort -u)"
+    compose down --volumes --remove-orphans --timeout 20
+    for volume in $volumes; do
+      if docker volume inspect "$volume" >/dev/null 2>&1; then docker volume rm "$volume" >/dev/null; fi
+    done
+    ;;
   ps) compose ps ;;
   logs) shift; compose logs --no-color "$@" ;;
   compose) shift; compose "$@" ;;

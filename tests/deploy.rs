@@ -10,8 +10,9 @@
 //!   healthy, ask Prometheus's own HTTP API that every node is scraped and
 //!   that every dashboard query has data, cut the universities apart and heal
 //!   them with `deploy/partition.sh` and probe reachability from inside the
-//!   containers, and `fleet.sh down` leaving nothing behind (a guard tears
-//!   the fleet down on failure too).
+//!   containers, recreate the containers and find every account kept, and
+//!   `fleet.sh down` leaving nothing behind (a guard tears the fleet down on
+//!   failure too).
 //!
 //! A test whose tool is missing prints `SKIPPED: <why>` (shown in the test
 //! output by `.config/nextest.toml`) instead of passing silently.
@@ -863,6 +864,15 @@ fn compose_fleet_is_healthy_scraped_partitioned_healed_and_removed() {
         let health = docker(&["inspect", "--format", "{{.State.Health.Status}}", id]);
         assert_eq!(health.trim(), "healthy", "container {id}");
     }
+    // Nodes run as the image's non-root user, and the entrypoint named each
+    // account after its container (no STARLING_DISPLAY_NAME in compose).
+    for id in uni_a.iter().chain(&uni_b) {
+        assert_eq!(docker(&["exec", id, "id", "-u"]).trim(), "10001");
+        let status: Value =
+            serde_json::from_str(&docker(&["exec", id, "starling", "--json", "status"])).unwrap();
+        let hostname = docker(&["exec", id, "hostname"]);
+        assert_eq!(status["display_name"], hostname.trim(), "container {id}");
+    }
     // Volumes to check after `down`: each node's data dir is its own.
     let mut volumes = BTreeSet::new();
     for id in uni_a.iter().chain(&uni_b).chain(&prometheus) {
@@ -1007,6 +1017,67 @@ fn compose_fleet_is_healthy_scraped_partitioned_healed_and_removed() {
         "after the heal, uni-b reaches uni-a"
     );
     println!("partition cut and healed at {:?}", started.elapsed());
+
+    // The upgrade path: recreating the containers (as a new image would)
+    // keeps every node's data dir, so every node keeps its account.
+    let accounts = |fleet: &Fleet| -> BTreeSet<String> {
+        let ids: Vec<String> = fleet
+            .containers("uni-a")
+            .into_iter()
+            .chain(fleet.containers("uni-b"))
+            .collect();
+        ids.iter()
+            .map(|id| {
+                let shown = docker(&["exec", id, "starling", "--json", "account", "show"]);
+                let shown: Value = serde_json::from_str(&shown).unwrap();
+                shown["account_id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let before = accounts(&fleet);
+    assert_eq!(
+        before.len(),
+        2 * NODES_PER_UNIVERSITY,
+        "one account per node"
+    );
+    let per_uni = NODES_PER_UNIVERSITY.to_string();
+    let recreate = fleet.script(
+        FLEET_UP_SECONDS_MAX,
+        "deploy/fleet.sh",
+        &[
+            "compose",
+            "up",
+            "-d",
+            "--force-recreate",
+            "--scale",
+            &format!("uni-a={per_uni}"),
+            "--scale",
+            &format!("uni-b={per_uni}"),
+        ],
+    );
+    assert!(recreate.status.success(), "recreate: {}", text(&recreate));
+    assert!(
+        fleet
+            .containers("uni-a")
+            .iter()
+            .all(|id| !uni_a.contains(id)),
+        "the uni-a containers were recreated"
+    );
+    let up = fleet.script(FLEET_UP_SECONDS_MAX, "deploy/fleet.sh", &["up", &per_uni]);
+    assert!(
+        up.status.success(),
+        "fleet.sh up after recreate: {}",
+        text(&up)
+    );
+    assert_eq!(
+        accounts(&fleet),
+        before,
+        "recreated nodes keep their accounts"
+    );
+    println!(
+        "containers recreated with their data at {:?}",
+        started.elapsed()
+    );
 
     // Down leaves nothing behind.
     let project = fleet.project.clone();
