@@ -685,6 +685,43 @@ impl Drop for Fleet {
     }
 }
 
+/// Project names of test fleets: the prefix, the test process's pid, its start time.
+const FLEET_PROJECT_PREFIX: &str = "starlingtest-";
+
+/// Tears down fleets left by test processes that no longer exist (killed
+/// before their guard could run, e.g. by a runner's timeout). Fleets of
+/// live processes, such as a concurrent run's, are left alone.
+fn reap_abandoned_fleets() {
+    let projects: BTreeSet<String> = lines(&docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=com.docker.compose.project",
+        "--format",
+        "{{.Label \"com.docker.compose.project\"}}",
+    ]))
+    .into_iter()
+    .filter(|p| p.starts_with(FLEET_PROJECT_PREFIX))
+    .collect();
+    for project in projects {
+        let id = &project[FLEET_PROJECT_PREFIX.len()..];
+        let Some(pid) = id.split('-').next().filter(|p| p.parse::<u32>().is_ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        println!("tearing down fleet {project}, abandoned by process {pid}");
+        let mut abandoned = Fleet {
+            project: project.clone(),
+            tag: format!("test-{id}"),
+            down: false,
+        };
+        let output = abandoned.tear_down();
+        assert!(output.status.success(), "{}", text(&output));
+    }
+}
+
 /// This container's IP address on `network`, if it is on it.
 fn ip_on(container: &str, network: &str) -> Option<String> {
     let ip = docker(&[
@@ -806,9 +843,10 @@ fn compose_fleet_is_healthy_scraped_partitioned_healed_and_removed() {
         return;
     }
     let started = Instant::now();
+    reap_abandoned_fleets();
     let id = format!("{}-{}", std::process::id(), unix_now() as u64);
     let mut fleet = Fleet {
-        project: format!("starlingtest{}", id.replace('-', "")),
+        project: format!("{FLEET_PROJECT_PREFIX}{id}"),
         tag: format!("test-{id}"),
         down: false,
     };
