@@ -8,11 +8,13 @@
 # builds unmodified. Idempotent: an existing image is reused, whichever way it
 # got there (pulled or imported). Installs debootstrap if it is missing.
 #
-# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian).
+# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian) and
+# DEBIAN_SECURITY_MIRROR (default: DEBIAN_MIRROR with debian-security for debian).
 set -euo pipefail
 
 image="debian:bookworm-slim"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+security_mirror="${DEBIAN_SECURITY_MIRROR:-${mirror%/debian}/debian-security}"
 
 if docker image inspect "$image" >/dev/null 2>&1; then
   echo "base image $image is present; reusing it"
@@ -50,7 +52,7 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: ${mirror%/debian}/debian-security
+URIs: $security_mirror
 Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg

@@ -8,6 +8,7 @@
 #
 # COMPOSE_PROJECT_NAME (default starling) names the fleet; partition.sh uses
 # the same. STARLING_TAG picks the images (default local).
+# STARLING_HEALTHY_TIMEOUT_SECONDS bounds the wait for health (default 120).
 set -euo pipefail
 deploy="$(cd "$(dirname "$0")" && pwd)"
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-starling}"
@@ -66,5 +67,5 @@ case "${1:-}" in
   ps) compose ps ;;
   logs) shift; compose logs --no-color "$@" ;;
   compose) shift; compose "$@" ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

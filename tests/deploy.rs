@@ -972,7 +972,10 @@ fn compose_fleet_is_healthy_scraped_partitioned_healed_and_removed() {
         }
     });
 
-    // Every dashboard query runs on the real Prometheus and has data.
+    // Every dashboard query runs on the real Prometheus and has data. A
+    // panel whose metric stays empty in a healthy fleet (rejected commits,
+    // say) needs the test to provoke it, as the 401s below do for the
+    // error panels.
     for id in uni_a.iter().chain(&uni_b) {
         unauthorized_request(id);
     }
