@@ -10,8 +10,9 @@
 //!   healthy, ask Prometheus's own HTTP API that every node is scraped and
 //!   that every dashboard query has data, cut the universities apart and heal
 //!   them with `deploy/partition.sh` and probe reachability from inside the
-//!   containers, recreate the containers and find every account kept, and
-//!   `fleet.sh down` leaving nothing behind (a guard tears the fleet down on
+//!   containers, recreate the containers and find every account kept, scale
+//!   out and see Prometheus find the new nodes, and `fleet.sh down` leaving
+//!   nothing behind (a guard tears the fleet down on
 //!   failure too).
 //!
 //! A test whose tool is missing prints `SKIPPED: <why>` (shown in the test
@@ -771,6 +772,16 @@ fn unauthorized_request(container: &str) {
     assert!(text(&output).contains(" 401 "), "{}", text(&output));
 }
 
+/// Base URL of the Prometheus container's port published on the host's loopback.
+fn prometheus_url(container: &str) -> String {
+    let published = docker(&["port", container, "9090/tcp"]);
+    let address = lines(&published)
+        .into_iter()
+        .find(|a| a.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("Prometheus is not published on 127.0.0.1: {published}"));
+    format!("http://{address}")
+}
+
 /// Prometheus's HTTP API: `GET /api/v1/query`.
 fn prometheus_query(base: &str, query: &str) -> Value {
     let response = ureq::get(&format!("{base}/api/v1/query"))
@@ -927,12 +938,7 @@ fn compose_fleet_is_healthy_scraped_partitioned_healed_and_removed() {
     );
 
     // Prometheus's HTTP API: every node is scraped and exports our series.
-    let published = docker(&["port", &prometheus[0], "9090/tcp"]);
-    let address = lines(&published)
-        .into_iter()
-        .find(|a| a.starts_with("127.0.0.1:"))
-        .unwrap_or_else(|| panic!("Prometheus is not published on 127.0.0.1: {published}"));
-    let base = format!("http://{address}");
+    let base = prometheus_url(&prometheus[0]);
     let node_address = |id: &String, university: &str| {
         format!(
             "{}:7421",
@@ -1119,6 +1125,49 @@ fn compose_fleet_is_healthy_scraped_partitioned_healed_and_removed() {
         "containers recreated with their data at {:?}",
         started.elapsed()
     );
+
+    // Scaling out: one more node per university, and Prometheus finds the
+    // new ones by DNS without a config change. (Prometheus was recreated
+    // too, on a new host port.)
+    let base = prometheus_url(&fleet.containers("prometheus")[0]);
+    let scaled = (NODES_PER_UNIVERSITY + 1).to_string();
+    let up = fleet.script(FLEET_UP_SECONDS_MAX, "deploy/fleet.sh", &["up", &scaled]);
+    assert!(up.status.success(), "fleet.sh up {scaled}: {}", text(&up));
+    let expected: BTreeSet<String> = fleet
+        .containers("uni-a")
+        .iter()
+        .map(|id| node_address(id, "uni-a"))
+        .chain(
+            fleet
+                .containers("uni-b")
+                .iter()
+                .map(|id| node_address(id, "uni-b")),
+        )
+        .collect();
+    assert_eq!(expected.len(), 2 * (NODES_PER_UNIVERSITY + 1));
+    let scaled_at = unix_now();
+    eventually("Prometheus scrapes the added nodes", || {
+        let up = scraped_instances(&base, scaled_at);
+        if up == expected {
+            Ok(())
+        } else {
+            Err(format!("{up:?} != {expected:?}"))
+        }
+    });
+    // Their volumes go with `down` as well.
+    for id in fleet
+        .containers("uni-a")
+        .iter()
+        .chain(&fleet.containers("uni-b"))
+    {
+        volumes.extend(lines(&docker(&[
+            "inspect",
+            "--format",
+            "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}}\n{{end}}{{end}}",
+            id,
+        ])));
+    }
+    println!("scaled out at {:?}", started.elapsed());
 
     // Down leaves nothing behind.
     let project = fleet.project.clone();
