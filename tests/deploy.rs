@@ -12,8 +12,7 @@
 //!   them with `deploy/partition.sh` and probe reachability from inside the
 //!   containers, recreate the containers and find every account kept, scale
 //!   out and see Prometheus find the new nodes, and `fleet.sh down` leaving
-//!   nothing behind (a guard tears the fleet down on
-//!   failure too).
+//!   nothing behind (a guard tears the fleet down on failure too).
 //!
 //! A test whose tool is missing prints `SKIPPED: <why>` (shown in the test
 //! output by `.config/nextest.toml`) instead of passing silently.
