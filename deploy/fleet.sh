@@ -48,6 +48,11 @@ wait_healthy() {
 case "${1:-}" in
   up)
     per_uni="${2:-2}"
+    # Nothing can be pulled: say what to run instead of a registry error.
+    for image in "starling:${STARLING_TAG:-local}" "starling-prometheus:${STARLING_TAG:-local}"; do
+      docker image inspect "$image" >/dev/null 2>&1 \
+        || { echo "error: no image $image; run deploy/build-images.sh first" >&2; exit 1; }
+    done
     compose up -d --scale "uni-a=$per_uni" --scale "uni-b=$per_uni"
     wait_healthy
     ;;
