@@ -9,3 +9,5 @@
 //!
 //! The modules arrive with their issues (swarm storage, transport, daemon
 //! actors, discovery, calls); until then this crate only fixes the layering.
+
+pub mod conversation;

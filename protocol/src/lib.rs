@@ -16,6 +16,7 @@ pub mod chain;
 pub mod crl;
 pub mod id;
 pub mod limits;
+pub mod swarm;
 mod x509;
 
 pub use cert::{AccountCert, CertError, DeviceCert};
