@@ -142,6 +142,8 @@ pub struct Store {
     states: HashMap<Oid, Arc<SwarmState>>,
     /// Commit id → generation (from its body).
     generations: HashMap<Oid, u64>,
+    /// Rejected commits by reason (`Rejection::reason`), for metrics.
+    rejections: BTreeMap<&'static str, u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -182,6 +184,7 @@ impl Store {
             conversation: commit_id(id),
             states: HashMap::new(),
             generations: HashMap::new(),
+            rejections: BTreeMap::new(),
         };
         let candidate = store.candidate(id)?;
         let accepted = validate_commit(
@@ -223,6 +226,7 @@ impl Store {
             conversation,
             states: HashMap::new(),
             generations: HashMap::new(),
+            rejections: BTreeMap::new(),
         })
     }
 
@@ -243,9 +247,11 @@ impl Store {
             conversation,
             states: HashMap::new(),
             generations: HashMap::new(),
+            rejections: BTreeMap::new(),
         };
         let candidates = store.candidates(theirs)?;
         let verdict = validate_batch(&candidates, &mut store, Some(conversation), now_secs);
+        store.count_rejections(&verdict.rejected);
         store.repo.find_reference(&quarantine_ref(peer))?.delete()?;
         if !verdict.rejected.is_empty() || verdict.accepted.is_empty() {
             return Err(StoreError::Rejected(verdict.rejected));
@@ -263,6 +269,17 @@ impl Store {
             .config()?
             .set_str(CONFIG_CONVERSATION, &conversation.to_hex())?;
         Ok(store)
+    }
+
+    /// Rejected commits so far, by reason (`Rejection::reason`).
+    pub fn rejection_counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.rejections
+    }
+
+    fn count_rejections(&mut self, rejected: &[Rejection]) {
+        for r in rejected {
+            *self.rejections.entry(r.reason()).or_default() += 1;
+        }
     }
 
     /// The conversation id.
@@ -518,6 +535,7 @@ impl Store {
         check_peer_name(peer)?;
         if let Ok(old) = self.repo.refname_to_id(&peer_ref(peer)) {
             if !self.contains(theirs, old)? {
+                *self.rejections.entry("history_rewrite").or_default() += 1;
                 return Err(StoreError::HistoryRewrite {
                     peer: peer.to_owned(),
                     old: commit_id(old),
@@ -527,6 +545,7 @@ impl Store {
         }
         let candidates = self.candidates(theirs)?;
         let verdict = validate_batch(&candidates, self, Some(self.conversation), now_secs);
+        self.count_rejections(&verdict.rejected);
         let mut parents_in_batch = HashSet::new();
         for accepted in &verdict.accepted {
             self.remember(oid(&accepted.id), accepted)?;

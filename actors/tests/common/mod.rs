@@ -59,10 +59,25 @@ pub fn craft(
     body: &[u8],
     changes: &Changes,
 ) -> Oid {
+    craft_at(store, signer, &[parent], body, changes, NOW)
+}
+
+/// Like [`craft`], with any parents (changes apply to the first's tree) and time.
+pub fn craft_at(
+    store: &Store,
+    signer: &DeviceSigner,
+    parents: &[Oid],
+    body: &[u8],
+    changes: &Changes,
+    time: i64,
+) -> Oid {
     let repo = store.repository();
-    let base = repo.find_commit(parent).unwrap().tree_id();
+    let base = match parents.first() {
+        Some(p) => repo.find_commit(*p).unwrap().tree_id(),
+        None => repo.treebuilder(None).unwrap().write().unwrap(),
+    };
     let tree = tree_with_changes(repo, base, changes).unwrap();
-    let id = write_commit(repo, signer, tree, &[parent], body, NOW).unwrap();
+    let id = write_commit(repo, signer, tree, parents, body, time).unwrap();
     repo.reference(HEAD_REF, id, true, "craft").unwrap();
     id
 }

@@ -271,12 +271,9 @@ pub fn validate_commit(
         }
         _ => return Err(Rejection::MergeShape(id)),
     };
-    check_device_time(
-        id,
-        &state_for_time(parents, &state),
-        device,
-        payload.time_secs,
-    )?;
+    let mut states: Vec<&SwarmState> = parents.iter().map(|p| &*p.state).collect();
+    states.push(&state);
+    check_device_time(id, &states, device, payload.time_secs)?;
     Ok(Accepted {
         id,
         parents: payload.parents,
@@ -287,39 +284,34 @@ pub fn validate_commit(
     })
 }
 
-/// The state whose certificates date the signer: its own for a root or a
-/// commit adding its device, otherwise the parent's where the device exists.
-fn state_for_time(parents: &[ParentView], own: &Arc<SwarmState>) -> Vec<Arc<SwarmState>> {
-    let mut states: Vec<Arc<SwarmState>> = parents.iter().map(|p| p.state.clone()).collect();
-    states.push(own.clone());
-    states
-}
-
+/// Checks the commit's time against the validity windows of the signer's
+/// certificates, found in the first of `states` (parents, then the commit's
+/// own state for a root or a commit adding its own device) that holds them.
 fn check_device_time(
     commit: CommitId,
-    states: &[Arc<SwarmState>],
+    states: &[&SwarmState],
     device: DeviceId,
     time_secs: i64,
 ) -> Result<(), Rejection> {
-    let at = if time_secs >= 0 {
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(time_secs as u64)
-    } else {
+    let Ok(secs) = u64::try_from(time_secs) else {
         return Err(Rejection::DeviceNotCurrent { commit, device });
     };
-    let found = states.iter().find_map(|s| {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let windows = states.iter().find_map(|s| {
         let (cert, standing) = s.device(&device)?;
         let DeviceStanding::Valid { account } = standing else {
             return None;
         };
-        Some((cert.clone(), s.account_cert(account)?.clone()))
+        let account = s.account_cert(account)?;
+        Some([
+            (cert.not_before(), cert.not_after()),
+            (account.not_before(), account.not_after()),
+        ])
     });
-    let Some((cert, account)) = found else {
+    let Some(windows) = windows else {
         return Err(Rejection::UnknownDevice { commit, device });
     };
-    let current = |from, to| at >= from && at <= to;
-    if !current(cert.not_before(), cert.not_after())
-        || !current(account.not_before(), account.not_after())
-    {
+    if windows.iter().any(|(from, to)| at < *from || at > *to) {
         return Err(Rejection::DeviceNotCurrent { commit, device });
     }
     Ok(())
@@ -608,7 +600,6 @@ pub fn expected_changes(
         return Ok(out);
     };
     let is_admin = state.is_admin(&author);
-    let files = state.files();
     match kind {
         BodyKind::Initial { .. } => {
             return Err(not_allowed(id, author, "start a conversation twice"))
@@ -670,7 +661,6 @@ pub fn expected_changes(
             account: target,
         } => member_changes(id, *action, author, *target, device, state, &mut out)?,
     }
-    let _ = files;
     Ok(out)
 }
 
