@@ -942,3 +942,318 @@ pub fn validate_batch(
     }
     verdict
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cert::tests::{account, device};
+    use crate::cert::{AccountCert, DeviceCert};
+    use ed25519_dalek::SigningKey;
+
+    struct Who {
+        key: SigningKey,
+        cert: AccountCert,
+        device: DeviceCert,
+    }
+
+    fn who(seed: u64) -> Who {
+        let (key, cert) = account(seed);
+        let (_, device) = device(&key, &cert, seed + 1000);
+        Who { key, cert, device }
+    }
+
+    /// A tree with `admins` as admins and `members` as members, each with one device.
+    fn tree(
+        mode: Mode,
+        admins: &[&Who],
+        members: &[&Who],
+        votes: &[(VoteAction, &Who, &Who)],
+    ) -> SwarmState {
+        let mut files = Files::new();
+        files.insert(MODE_PATH.into(), mode.as_str().as_bytes().to_vec());
+        for w in admins {
+            files.insert(admin_path(&w.cert.id()), w.cert.to_pem().into_bytes());
+        }
+        for w in members {
+            files.insert(member_path(&w.cert.id()), w.cert.to_pem().into_bytes());
+        }
+        for w in admins.iter().chain(members) {
+            files.insert(device_path(&w.device.id()), w.device.to_pem().into_bytes());
+        }
+        for (action, target, voter) in votes {
+            files.insert(
+                vote_path(*action, &target.cert.id(), &voter.cert.id()),
+                Vec::new(),
+            );
+        }
+        SwarmState::from_files(files).unwrap()
+    }
+
+    fn member(action: MemberAction, target: &Who) -> Body {
+        Body::Known {
+            generation: 1,
+            kind: BodyKind::Member {
+                action,
+                account: target.cert.id(),
+            },
+        }
+    }
+
+    fn id() -> CommitId {
+        CommitId::from_bytes([7; 20])
+    }
+
+    fn check(
+        body: &Body,
+        author: &Who,
+        state: &SwarmState,
+    ) -> Result<BTreeMap<String, Expect>, Rejection> {
+        expected_changes(id(), body, author.cert.id(), author.device.id(), state)
+    }
+
+    #[test]
+    fn ban_needs_a_majority_of_the_other_admins() {
+        let (a, b, c, d) = (who(1), who(2), who(3), who(4));
+        let one_vote = tree(
+            Mode::InvitesOnly,
+            &[&a, &b, &c],
+            &[&d],
+            &[(VoteAction::Ban, &d, &a)],
+        );
+        assert!(matches!(
+            check(&member(MemberAction::Ban, &d), &a, &one_vote),
+            Err(Rejection::NotAllowed { .. })
+        ));
+        // Votes of non-admins do not count.
+        let member_vote = tree(
+            Mode::InvitesOnly,
+            &[&a, &b, &c],
+            &[&d],
+            &[(VoteAction::Ban, &d, &a), (VoteAction::Ban, &d, &d)],
+        );
+        assert!(check(&member(MemberAction::Ban, &d), &a, &member_vote).is_err());
+        let two_votes = tree(
+            Mode::InvitesOnly,
+            &[&a, &b, &c],
+            &[&d],
+            &[(VoteAction::Ban, &d, &a), (VoteAction::Ban, &d, &b)],
+        );
+        let changes = check(&member(MemberAction::Ban, &d), &a, &two_votes).unwrap();
+        assert_eq!(changes[&member_path(&d.cert.id())], Expect::Delete);
+        assert_eq!(
+            changes[&banned_member_path(&d.cert.id())],
+            Expect::Exact(d.cert.to_pem().into_bytes())
+        );
+        assert_eq!(
+            changes[&banned_device_path(&d.device.id())],
+            Expect::Exact(d.device.to_pem().into_bytes())
+        );
+        assert_eq!(
+            changes[&vote_path(VoteAction::Ban, &d.cert.id(), &b.cert.id())],
+            Expect::Delete
+        );
+        // A member, however many votes, may not ban.
+        assert!(check(&member(MemberAction::Ban, &a), &d, &two_votes).is_err());
+    }
+
+    #[test]
+    fn permission_table() {
+        let (a, m, x) = (who(1), who(2), who(3));
+        let text = Body::Known {
+            generation: 1,
+            kind: BodyKind::Text {
+                text: "hi".into(),
+                reply_to: None,
+                edit_of: None,
+            },
+        };
+        let profile = Body::Known {
+            generation: 1,
+            kind: BodyKind::Profile,
+        };
+        let vote = |action| Body::Known {
+            generation: 1,
+            kind: BodyKind::Vote {
+                action,
+                account: m.cert.id(),
+            },
+        };
+        // One row per rule: mode, author, body, allowed?
+        let rows: Vec<(&str, Mode, &Who, Body, bool)> = vec![
+            (
+                "member invites, invites-only",
+                Mode::InvitesOnly,
+                &m,
+                member(MemberAction::Invite, &x),
+                true,
+            ),
+            (
+                "member invites, admin-invites-only",
+                Mode::AdminInvitesOnly,
+                &m,
+                member(MemberAction::Invite, &x),
+                false,
+            ),
+            (
+                "admin invites, admin-invites-only",
+                Mode::AdminInvitesOnly,
+                &a,
+                member(MemberAction::Invite, &x),
+                true,
+            ),
+            (
+                "third party in one-to-one",
+                Mode::OneToOne,
+                &a,
+                member(MemberAction::Invite, &x),
+                false,
+            ),
+            (
+                "invite a member again",
+                Mode::InvitesOnly,
+                &a,
+                member(MemberAction::Invite, &m),
+                false,
+            ),
+            (
+                "uninvited join, invites-only",
+                Mode::InvitesOnly,
+                &x,
+                member(MemberAction::Join, &x),
+                false,
+            ),
+            (
+                "uninvited join, public",
+                Mode::Public,
+                &x,
+                member(MemberAction::Join, &x),
+                true,
+            ),
+            (
+                "join as someone else",
+                Mode::Public,
+                &x,
+                member(MemberAction::Join, &m),
+                false,
+            ),
+            (
+                "leave on behalf of another",
+                Mode::InvitesOnly,
+                &a,
+                member(MemberAction::Leave, &m),
+                false,
+            ),
+            (
+                "member leaves",
+                Mode::InvitesOnly,
+                &m,
+                member(MemberAction::Leave, &m),
+                true,
+            ),
+            (
+                "admin removes member",
+                Mode::InvitesOnly,
+                &a,
+                member(MemberAction::Remove, &m),
+                true,
+            ),
+            (
+                "member removes admin",
+                Mode::InvitesOnly,
+                &m,
+                member(MemberAction::Remove, &a),
+                false,
+            ),
+            (
+                "member changes profile",
+                Mode::InvitesOnly,
+                &m,
+                profile.clone(),
+                false,
+            ),
+            (
+                "admin changes profile",
+                Mode::InvitesOnly,
+                &a,
+                profile.clone(),
+                true,
+            ),
+            (
+                "member changes profile, one-to-one",
+                Mode::OneToOne,
+                &m,
+                profile,
+                true,
+            ),
+            (
+                "member votes",
+                Mode::InvitesOnly,
+                &m,
+                vote(VoteAction::Ban),
+                false,
+            ),
+            (
+                "admin votes ban",
+                Mode::InvitesOnly,
+                &a,
+                vote(VoteAction::Ban),
+                true,
+            ),
+            (
+                "admin votes unban of non-banned",
+                Mode::InvitesOnly,
+                &a,
+                vote(VoteAction::Unban),
+                false,
+            ),
+            ("member writes text", Mode::InvitesOnly, &m, text, true),
+        ];
+        for (name, mode, author, body, allowed) in rows {
+            let state = tree(mode, &[&a], &[&m], &[]);
+            let got = check(&body, author, &state);
+            assert_eq!(got.is_ok(), allowed, "row {name:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn leave_takes_devices_and_crl_along() {
+        let (a, m) = (who(1), who(2));
+        let mut files = tree(Mode::InvitesOnly, &[&a], &[&m], &[])
+            .files()
+            .as_ref()
+            .clone();
+        let crl =
+            crate::crl::RevocationList::first(&m.key, &m.cert, crate::cert::tests::now()).unwrap();
+        files.insert(crl_path(&m.cert.id()), crl.to_pem().into_bytes());
+        let state = SwarmState::from_files(files).unwrap();
+        let changes = check(&member(MemberAction::Leave, &m), &m, &state).unwrap();
+        let paths: Vec<&String> = changes.keys().collect();
+        assert_eq!(paths.len(), 3, "{paths:?}");
+        assert!(changes.values().all(|e| *e == Expect::Delete));
+    }
+
+    #[test]
+    fn ban_beats_join_in_a_merge() {
+        let (a, c) = (who(1), who(3));
+        let base = {
+            let mut f = tree(Mode::InvitesOnly, &[&a], &[], &[])
+                .files()
+                .as_ref()
+                .clone();
+            f.insert(invited_path(&c.cert.id()), Vec::new());
+            f
+        };
+        let mut banned = base.clone();
+        banned.remove(&invited_path(&c.cert.id()));
+        banned.insert(banned_member_path(&c.cert.id()), Vec::new());
+        let mut joined = base.clone();
+        joined.remove(&invited_path(&c.cert.id()));
+        joined.insert(member_path(&c.cert.id()), c.cert.to_pem().into_bytes());
+        joined.insert(device_path(&c.device.id()), c.device.to_pem().into_bytes());
+        let merged = merge_files(&base, &banned, &joined);
+        assert_eq!(merged, merge_files(&base, &joined, &banned), "symmetric");
+        let state = SwarmState::from_files(merged).unwrap();
+        assert!(state.is_banned(&c.cert.id()) && !state.is_member(&c.cert.id()));
+        assert!(state.is_banned_device(&c.device.id()));
+    }
+}
