@@ -142,6 +142,8 @@ pub struct Store {
     states: HashMap<Oid, Arc<SwarmState>>,
     /// Commit id → generation (from its body).
     generations: HashMap<Oid, u64>,
+    /// Commit id → tree id (saves reading commits again).
+    commit_trees: HashMap<Oid, Oid>,
     /// Rejected commits by reason (`Rejection::reason`), for metrics.
     rejections: BTreeMap<&'static str, u64>,
 }
@@ -184,6 +186,7 @@ impl Store {
             conversation: commit_id(id),
             states: HashMap::new(),
             generations: HashMap::new(),
+            commit_trees: HashMap::new(),
             rejections: BTreeMap::new(),
         };
         let candidate = store.candidate(id)?;
@@ -226,6 +229,7 @@ impl Store {
             conversation,
             states: HashMap::new(),
             generations: HashMap::new(),
+            commit_trees: HashMap::new(),
             rejections: BTreeMap::new(),
         })
     }
@@ -247,6 +251,7 @@ impl Store {
             conversation,
             states: HashMap::new(),
             generations: HashMap::new(),
+            commit_trees: HashMap::new(),
             rejections: BTreeMap::new(),
         };
         let candidates = store.candidates(theirs)?;
@@ -330,8 +335,17 @@ impl Store {
         Ok(body.generation())
     }
 
-    fn view_of(&mut self, id: Oid) -> Result<ParentView, StoreError> {
+    fn tree_of(&mut self, id: Oid) -> Result<Oid, StoreError> {
+        if let Some(tree) = self.commit_trees.get(&id) {
+            return Ok(*tree);
+        }
         let tree = self.repo.find_commit(id)?.tree_id();
+        self.commit_trees.insert(id, tree);
+        Ok(tree)
+    }
+
+    fn view_of(&mut self, id: Oid) -> Result<ParentView, StoreError> {
+        let tree = self.tree_of(id)?;
         Ok(ParentView {
             id: commit_id(id),
             state: self.state_of_tree(tree)?,
@@ -340,12 +354,17 @@ impl Store {
     }
 
     fn remember(&mut self, id: Oid, accepted: &Accepted) -> Result<(), StoreError> {
-        let tree = self.repo.find_commit(id)?.tree_id();
+        let tree = self.tree_of(id)?;
+        self.remember_tree(id, tree, accepted);
+        Ok(())
+    }
+
+    fn remember_tree(&mut self, id: Oid, tree: Oid, accepted: &Accepted) {
+        self.commit_trees.insert(id, tree);
         self.states
             .entry(tree)
             .or_insert_with(|| accepted.state.clone());
         self.generations.insert(id, accepted.body.generation());
-        Ok(())
     }
 
     /// Parses a commit into the values the rules judge.
@@ -460,9 +479,9 @@ impl Store {
             };
             changes.insert(path, value);
         }
-        let base_tree = self.repo.find_commit(head)?.tree_id();
+        let base_tree = self.tree_of(head)?;
         let tree = tree_with_changes(&self.repo, base_tree, &changes)?;
-        let id = write_commit(
+        let written = write_commit_parts(
             &self.repo,
             signer,
             tree,
@@ -470,7 +489,15 @@ impl Store {
             &encode_body(generation, &kind),
             now_secs,
         )?;
-        let candidate = self.candidate(id)?;
+        let id = written.id;
+        // Built from the bytes in hand: reading them back would cost file
+        // system round trips for nothing.
+        let candidate = Candidate {
+            id: commit_id(id),
+            signature: Some(written.signature.into_bytes()),
+            payload: written.payload,
+            changes,
+        };
         let accepted = validate_commit(
             &candidate,
             &[parent],
@@ -481,7 +508,7 @@ impl Store {
             },
         )
         .map_err(|r| StoreError::Own(Box::new(r)))?;
-        self.remember(id, &accepted)?;
+        self.remember_tree(id, tree, &accepted);
         self.repo.reference(HEAD_REF, id, true, "author")?;
         Ok(commit_id(id))
     }
@@ -935,8 +962,81 @@ pub fn tree_with_changes(
     Ok(update.create_updated(repo, &base)?)
 }
 
-/// Writes a commit signed by `signer` (author and committer: account id
-/// and device id, at `now_secs` UTC).
+/// A commit as written: its id, the signed payload and the armored signature.
+#[derive(Debug, Clone)]
+pub struct WrittenCommit {
+    /// The new commit's id.
+    pub id: Oid,
+    /// The commit object without its `gpgsig` header (what was signed).
+    pub payload: Vec<u8>,
+    /// The armored sshsig stored in the `gpgsig` header.
+    pub signature: String,
+}
+
+/// The signed payload of a commit: exactly the object Git would write, and
+/// what `git verify-commit` hands to `ssh-keygen` (author and committer are
+/// the account id and the device id, at `now_secs` UTC).
+pub fn commit_payload(
+    signer: &DeviceSigner,
+    tree: Oid,
+    parents: &[Oid],
+    body: &[u8],
+    now_secs: i64,
+) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let ident = format!(
+        "{} <{}> {now_secs} +0000",
+        signer.account_id(),
+        signer.device_id()
+    );
+    let mut head = format!("tree {tree}\n");
+    for parent in parents {
+        let _ = writeln!(head, "parent {parent}");
+    }
+    let _ = write!(head, "author {ident}\ncommitter {ident}\n\n");
+    let mut payload = head.into_bytes();
+    payload.extend_from_slice(body);
+    payload
+}
+
+/// Writes a commit signed by `signer`, without reading anything back: the
+/// payload is formatted here, signed, and the `gpgsig` header inserted after
+/// `committer` with continuation lines, as Git does.
+pub fn write_commit_parts(
+    repo: &Repository,
+    signer: &DeviceSigner,
+    tree: Oid,
+    parents: &[Oid],
+    body: &[u8],
+    now_secs: i64,
+) -> Result<WrittenCommit, StoreError> {
+    let payload = commit_payload(signer, tree, parents, body, now_secs);
+    let signature = sign_payload(signer.key(), &payload);
+    let split = payload
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .expect("a payload always has a blank line before its body")
+        + 1;
+    let mut object = Vec::with_capacity(payload.len() + signature.len() + 16);
+    object.extend_from_slice(&payload[..split]);
+    object.extend_from_slice(b"gpgsig ");
+    object.extend_from_slice(
+        signature
+            .trim_end_matches('\n')
+            .replace('\n', "\n ")
+            .as_bytes(),
+    );
+    object.push(b'\n');
+    object.extend_from_slice(&payload[split..]);
+    let id = repo.odb()?.write(git2::ObjectType::Commit, &object)?;
+    Ok(WrittenCommit {
+        id,
+        payload,
+        signature,
+    })
+}
+
+/// Writes a commit signed by `signer`; returns its id.
 pub fn write_commit(
     repo: &Repository,
     signer: &DeviceSigner,
@@ -945,20 +1045,5 @@ pub fn write_commit(
     body: &[u8],
     now_secs: i64,
 ) -> Result<Oid, StoreError> {
-    let ident = git2::Signature::new(
-        &signer.account_id().to_hex(),
-        &signer.device_id().to_hex(),
-        &git2::Time::new(now_secs, 0),
-    )?;
-    let tree = repo.find_tree(tree)?;
-    let parents: Vec<git2::Commit<'_>> = parents
-        .iter()
-        .map(|p| repo.find_commit(*p))
-        .collect::<Result<_, _>>()?;
-    let parent_refs: Vec<&git2::Commit<'_>> = parents.iter().collect();
-    let message = std::str::from_utf8(body).expect("encode_body writes UTF-8 JSON");
-    let payload = repo.commit_create_buffer(&ident, &ident, message, &tree, &parent_refs)?;
-    let armored = sign_payload(signer.key(), &payload);
-    let payload = std::str::from_utf8(&payload).expect("commit headers and body are UTF-8");
-    Ok(repo.commit_signed(payload, &armored, None)?)
+    Ok(write_commit_parts(repo, signer, tree, parents, body, now_secs)?.id)
 }
