@@ -32,7 +32,7 @@ fn device(account: &(SigningKey, AccountCert), seed: u64) -> DeviceSigner {
     let at = std::time::UNIX_EPOCH + Duration::from_secs(NOW as u64);
     let cert = DeviceCert::issue(&account.0, &account.1, &key.verifying_key(), at, &mut rng)
         .expect("issue");
-    DeviceSigner::new(key, cert, account.1.clone())
+    DeviceSigner::new(key, cert, account.1.clone()).expect("signer")
 }
 
 fn text(generation: u64, n: usize) -> Vec<u8> {

@@ -7,5 +7,5 @@
 pub mod sign;
 pub mod store;
 
-pub use sign::DeviceSigner;
+pub use sign::{DeviceSigner, SignerError};
 pub use store::{FetchReport, MessageView, Store, StoreError};

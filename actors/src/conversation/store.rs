@@ -35,8 +35,8 @@ use starling_protocol::swarm::state::{
     PROFILE_PATH,
 };
 use starling_protocol::swarm::validation::{
-    expected_changes, validate_batch, validate_commit, Accepted, Candidate, Changes, Context,
-    Expect, History, ParentView, Rejection,
+    expected_changes, validate_authored, validate_batch, validate_commit, Accepted, Candidate,
+    Changes, Context, Expect, History, ParentView, Rejection,
 };
 use starling_protocol::{AccountId, DeviceCert, DeviceId};
 
@@ -498,8 +498,9 @@ impl Store {
             payload: written.payload,
             changes,
         };
-        let accepted = validate_commit(
+        let accepted = validate_authored(
             &candidate,
+            signer.device_id(),
             &[parent],
             &Context {
                 conversation: Some(self.conversation),

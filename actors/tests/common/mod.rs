@@ -46,7 +46,7 @@ impl Person {
             &mut rng,
         )
         .unwrap();
-        DeviceSigner::new(key, cert, self.cert.clone())
+        DeviceSigner::new(key, cert, self.cert.clone()).unwrap()
     }
 }
 

@@ -229,19 +229,48 @@ pub fn validate_commit(
     ctx: &Context<'_>,
 ) -> Result<Accepted, Rejection> {
     let id = candidate.id;
+    // Shape first: a malformed payload is reported as such, not as a bad signature.
     let payload = parse_candidate(candidate)?;
-    if payload.parents.len() != parents.len()
-        || payload.parents.iter().zip(parents).any(|(a, b)| *a != b.id)
-    {
-        return Err(Rejection::ParentMismatch(id));
-    }
     let armored = candidate
         .signature
         .as_deref()
         .ok_or(Rejection::Format(id, CommitFormatError::Unsigned))?;
     let key =
         verify_signature(armored, &candidate.payload).map_err(|e| Rejection::Format(id, e))?;
-    let device = DeviceId::of_key(&key);
+    validate_signed_by(candidate, payload, DeviceId::of_key(&key), parents, ctx)
+}
+
+/// Validates a commit this device has just signed, with every rule except
+/// the signature check: `device` must be the device whose key signed it (the
+/// store checks once that its key matches its certificate, and ed25519
+/// signing is deterministic). Fetched commits always go through
+/// [`validate_commit`].
+pub fn validate_authored(
+    candidate: &Candidate,
+    device: DeviceId,
+    parents: &[ParentView],
+    ctx: &Context<'_>,
+) -> Result<Accepted, Rejection> {
+    if candidate.signature.is_none() {
+        return Err(Rejection::Format(candidate.id, CommitFormatError::Unsigned));
+    }
+    let payload = parse_candidate(candidate)?;
+    validate_signed_by(candidate, payload, device, parents, ctx)
+}
+
+fn validate_signed_by(
+    candidate: &Candidate,
+    payload: CommitPayload,
+    device: DeviceId,
+    parents: &[ParentView],
+    ctx: &Context<'_>,
+) -> Result<Accepted, Rejection> {
+    let id = candidate.id;
+    if payload.parents.len() != parents.len()
+        || payload.parents.iter().zip(parents).any(|(a, b)| *a != b.id)
+    {
+        return Err(Rejection::ParentMismatch(id));
+    }
     let body = parse_body(&payload.message).map_err(|e| Rejection::Body(id, e))?;
     let expected_generation = parents
         .iter()
