@@ -47,6 +47,8 @@ enum Step {
     Profile(u8),
     /// The admin votes for and bans a replica's account.
     Ban(usize),
+    /// A replica's account leaves.
+    Leave(usize),
     /// `a` fetches from `b` (if no partition separates them).
     Exchange(usize, usize),
     /// Split replicas into two groups by a bit mask.
@@ -60,6 +62,7 @@ fn step(k: usize) -> impl Strategy<Value = Step> {
         6 => (0..k).prop_map(Step::Text),
         1 => any::<u8>().prop_map(Step::Profile),
         1 => (1..k).prop_map(Step::Ban),
+        1 => (1..k).prop_map(Step::Leave),
         8 => (0..k, 0..k).prop_map(|(a, b)| Step::Exchange(a, b)),
         1 => any::<u8>().prop_map(Step::Partition),
         1 => Just(Step::Heal),
@@ -76,7 +79,9 @@ struct Replica {
     path: std::path::PathBuf,
 }
 
-fn run(k: usize, steps: Vec<Step>) -> Result<(), TestCaseError> {
+/// Runs a schedule, checks the property, and returns the replicas that were
+/// banned or left.
+fn run(k: usize, steps: Vec<Step>) -> Result<BTreeSet<usize>, TestCaseError> {
     let dir = TempDir::new().unwrap();
     let people: Vec<Person> = (0..k).map(|i| Person::new(100 + i as u64)).collect();
     let path = |i: usize| dir.path().join(format!("r{i}.git"));
@@ -122,6 +127,8 @@ fn run(k: usize, steps: Vec<Step>) -> Result<(), TestCaseError> {
         });
     }
     let mut written: BTreeSet<CommitId> = BTreeSet::new();
+    // Replicas whose account was banned or left: no longer members, so they
+    // may be unable to merge; they are excluded from the agreement checks.
     let mut banned: BTreeSet<usize> = BTreeSet::new();
     let mut mask: Option<u8> = None;
     let mut t = NOW;
@@ -168,6 +175,17 @@ fn run(k: usize, steps: Vec<Step>) -> Result<(), TestCaseError> {
                         .is_ok()
                 {
                     banned.insert(target);
+                }
+            }
+            Step::Leave(r) => {
+                let account = people[r].cert.id();
+                let rep = &mut replicas[r];
+                let kind = BodyKind::Member {
+                    action: MemberAction::Leave,
+                    account,
+                };
+                if rep.store.author(&rep.signer, kind, None, t).is_ok() {
+                    banned.insert(r);
                 }
             }
             Step::Exchange(a, b) => {
@@ -234,7 +252,7 @@ fn run(k: usize, steps: Vec<Step>) -> Result<(), TestCaseError> {
     let shown: Vec<CommitId> = page.iter().map(|m| m.id).collect();
     prop_assert!(shown.iter().all(|id| held.contains(id)));
     assert_stock_git_accepts(&ref_store, &reference_path);
-    Ok(())
+    Ok(banned)
 }
 
 /// `a` fetches from `b`. A banned replica may be unable to merge (it is
@@ -277,9 +295,40 @@ fn exchange_with(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
     #[test]
     fn replicas_converge((k, steps) in scenario()) {
         run(k, steps)?;
     }
+}
+
+/// A fixed schedule that surely exercises a long partition, concurrent
+/// writes on both sides, a ban, a leave and a profile change.
+#[test]
+fn a_partition_with_ban_and_leave_converges() {
+    use Step::*;
+    let steps = vec![
+        Partition(0b0011),
+        Text(0),
+        Text(1),
+        Exchange(0, 1),
+        Text(2),
+        Text(3),
+        Exchange(2, 3),
+        Exchange(3, 2),
+        Ban(2),
+        Leave(3),
+        Exchange(0, 2), // refused by the partition
+        Profile(1),
+        Text(1),
+        Heal,
+        Exchange(1, 3),
+        Text(4),
+    ];
+    let excluded = run(5, steps).unwrap();
+    assert_eq!(
+        excluded,
+        BTreeSet::from([2, 3]),
+        "the ban and the leave both happened"
+    );
 }
