@@ -633,6 +633,32 @@ impl Store {
         }
     }
 
+    /// The merge base of the format: among the best common ancestors (as
+    /// `git merge-base --all`), the one with the greatest display key, so that
+    /// criss-cross histories pick the same base in every implementation.
+    pub fn merge_base_of(&self, a: Oid, b: Oid) -> Result<Option<Oid>, StoreError> {
+        let bases = match self.repo.merge_bases(a, b) {
+            Ok(bases) => bases,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut best: Option<OrderKey> = None;
+        for base in bases.iter() {
+            let commit = self.repo.find_commit(*base)?;
+            let body = parse_body(commit.message_raw_bytes())
+                .map_err(|e| StoreError::Body(commit_id(*base), e.to_string()))?;
+            let key = OrderKey {
+                generation: body.generation(),
+                time_secs: commit.committer().when().seconds(),
+                id: commit_id(*base),
+            };
+            if best.is_none_or(|b| key > b) {
+                best = Some(key);
+            }
+        }
+        Ok(best.map(|k| oid(&k.id)))
+    }
+
     /// Content containment (see `starling_protocol::swarm::merge`).
     pub fn contains(&self, t: Oid, x: Oid) -> Result<bool, StoreError> {
         contains_memo(&self.repo, t, x, &mut HashMap::new())
@@ -647,10 +673,9 @@ impl Store {
         now_secs: i64,
     ) -> Result<Oid, StoreError> {
         let (first, second) = (self.view_of(a)?, self.view_of(b)?);
-        let base_view = match self.repo.merge_base(a, b) {
-            Ok(base) => Some(self.view_of(base)?),
-            Err(e) if e.code() == git2::ErrorCode::NotFound => None,
-            Err(e) => return Err(e.into()),
+        let base_view = match self.merge_base_of(a, b)? {
+            Some(base) => Some(self.view_of(base)?),
+            None => None,
         };
         let first_tree = self.repo.find_commit(a)?.tree_id();
         let tree = if first.state.files() == second.state.files() {
@@ -781,7 +806,10 @@ impl History for Store {
     }
 
     fn merge_base(&mut self, a: &CommitId, b: &CommitId) -> Option<CommitId> {
-        self.repo.merge_base(oid(a), oid(b)).ok().map(commit_id)
+        self.merge_base_of(oid(a), oid(b))
+            .ok()
+            .flatten()
+            .map(commit_id)
     }
 }
 
