@@ -244,4 +244,41 @@ mod tests {
         assert_eq!(merge_files(&base, &base, &theirs), theirs);
         assert_eq!(merge_files(&base, &ours, &base), ours);
     }
+
+    fn arbitrary_files() -> impl proptest::strategy::Strategy<Value = Files> {
+        use proptest::prelude::*;
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        let paths = vec![
+            "mode".to_owned(),
+            "profile.json".to_owned(),
+            format!("invited/{a}"),
+            format!("members/{a}.crt"),
+            format!("banned/members/{a}.crt"),
+            format!("CRLs/{b}.crl"),
+            format!("devices/{b}.crt"),
+            format!("votes/ban/{a}/{b}"),
+            format!("votes/unban/{a}/{b}"),
+            "junk/x".to_owned(),
+        ];
+        proptest::collection::btree_map(
+            proptest::sample::select(paths),
+            proptest::collection::vec(any::<u8>(), 0..4),
+            0..8,
+        )
+    }
+
+    proptest::proptest! {
+        /// The merge is symmetric in its two sides, normalization is
+        /// idempotent, and neither panics on any tree.
+        #[test]
+        fn merge_is_symmetric_and_normalize_idempotent(
+            base in arbitrary_files(), ours in arbitrary_files(), theirs in arbitrary_files()
+        ) {
+            let merged = merge_files(&base, &ours, &theirs);
+            proptest::prop_assert_eq!(&merged, &merge_files(&base, &theirs, &ours));
+            proptest::prop_assert_eq!(normalize(merged.clone()), merged.clone());
+            let _ = super::super::state::SwarmState::from_files(merged);
+        }
+    }
 }

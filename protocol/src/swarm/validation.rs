@@ -779,8 +779,12 @@ fn member_changes(
                 invited_path(&target),
             ]
             .into_iter()
-            .find(|p| files.contains_key(p))
-            .expect("an eligible target has exactly one role file");
+            .find(|p| files.contains_key(p));
+            // The state was built from these files, so an eligible target has
+            // a role file; refuse rather than trust that if it ever breaks.
+            let Some(role) = role else {
+                return refuse("ban (no role file)");
+            };
             let cert = if role.starts_with("invited/") {
                 Vec::new()
             } else {
