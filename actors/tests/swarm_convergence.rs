@@ -5,7 +5,8 @@
 //! accepted. Stock git then checks one replica (fsck --strict, verify-commit).
 //!
 //! Failures are shrunk by proptest and their seeds persisted in
-//! `proptest-regressions/`; rerun with `PROPTEST_CASES`/the printed seed.
+//! `tests/proptest-regressions/swarm_convergence.txt` (replayed first on every
+//! run); shrunk schedules also become fixed tests below.
 
 mod common;
 
@@ -314,7 +315,15 @@ fn exchange_with(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+    // Six cases keep `cargo test` fast; set PROPTEST_CASES for a longer hunt.
+    // Failures are recorded in tests/proptest-regressions/ and replayed first.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(6),
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+            "tests/proptest-regressions/swarm_convergence.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn replicas_converge((k, steps) in scenario()) {
         run(k, steps, false)?;
@@ -351,4 +360,23 @@ fn a_partition_with_ban_and_leave_converges() {
         BTreeSet::from([2, 3]),
         "the ban and the leave both happened"
     );
+}
+
+/// Shrunk by proptest: a member who left reappeared after criss-cross merges.
+#[test]
+fn regression_leave_survives_criss_cross_merges() {
+    use Step::*;
+    let steps = vec![
+        Exchange(0, 5),
+        Exchange(5, 4),
+        Leave(4),
+        Exchange(4, 6),
+        Exchange(5, 0),
+        Text(5),
+        Text(6),
+        Exchange(4, 3),
+        Leave(5),
+    ];
+    let excluded = run(7, steps, true).unwrap();
+    assert_eq!(excluded, BTreeSet::from([4, 5]));
 }

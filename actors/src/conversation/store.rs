@@ -50,6 +50,9 @@ pub const PEER_REF_PREFIX: &str = "refs/starling/peers/";
 pub const QUARANTINE_REF_PREFIX: &str = "refs/starling/quarantine/";
 /// Deepest directory nesting a conversation tree has (`votes/ban/<t>/<v>`).
 pub const TREE_DEPTH_MAX: usize = 4;
+/// How deep the recursive merge base (criss-cross histories) recurses before
+/// falling back to the greatest best common ancestor.
+pub const MERGE_BASE_RECURSION_MAX: usize = 8;
 /// How many nested merges the containment test follows before answering
 /// "not contained" (which is always safe: it only causes one more merge).
 pub const CONTAINS_MERGE_DEPTH_MAX: usize = 64;
@@ -510,7 +513,10 @@ impl Store {
         )
         .map_err(|r| StoreError::Own(Box::new(r)))?;
         self.remember_tree(id, tree, &accepted);
-        self.repo.reference(HEAD_REF, id, true, "author")?;
+        // Compare-and-swap: the head must still be the parent we validated
+        // against, or the commit would silently drop whatever moved it.
+        self.repo
+            .reference_matching(HEAD_REF, id, true, head, "author")?;
         Ok(commit_id(id))
     }
 
@@ -622,41 +628,98 @@ impl Store {
         match plan {
             HeadPlan::Keep => Ok(false),
             HeadPlan::Adopt(id) => {
-                self.repo.reference(HEAD_REF, oid(&id), true, "adopt")?;
+                self.repo
+                    .reference_matching(HEAD_REF, oid(&id), true, ours, "adopt")?;
                 Ok(false)
             }
             HeadPlan::Merge(a, b) => {
                 let id = self.merge(oid(&a), oid(&b), signer, now_secs)?;
-                self.repo.reference(HEAD_REF, id, true, "merge")?;
+                self.repo
+                    .reference_matching(HEAD_REF, id, true, ours, "merge")?;
                 Ok(true)
             }
         }
     }
 
-    /// The merge base of the format: among the best common ancestors (as
-    /// `git merge-base --all`), the one with the greatest display key, so that
-    /// criss-cross histories pick the same base in every implementation.
-    pub fn merge_base_of(&self, a: Oid, b: Oid) -> Result<Option<Oid>, StoreError> {
-        let bases = match self.repo.merge_bases(a, b) {
-            Ok(bases) => bases,
-            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let mut best: Option<OrderKey> = None;
-        for base in bases.iter() {
-            let commit = self.repo.find_commit(*base)?;
-            let body = parse_body(commit.message_raw_bytes())
-                .map_err(|e| StoreError::Body(commit_id(*base), e.to_string()))?;
-            let key = OrderKey {
-                generation: body.generation(),
-                time_secs: commit.committer().when().seconds(),
-                id: commit_id(*base),
-            };
-            if best.is_none_or(|b| key > b) {
-                best = Some(key);
+    fn order_key(&self, id: Oid) -> Result<OrderKey, StoreError> {
+        let commit = self.repo.find_commit(id)?;
+        let body = parse_body(commit.message_raw_bytes())
+            .map_err(|e| StoreError::Body(commit_id(id), e.to_string()))?;
+        let time_secs = commit.committer().when().seconds();
+        Ok(OrderKey {
+            generation: body.generation(),
+            time_secs,
+            id: commit_id(id),
+        })
+    }
+
+    /// The best common ancestors of `b` and any commit of `set` (common
+    /// ancestors that are not ancestors of another one), by display key.
+    fn best_common_ancestors(&self, set: &[Oid], b: Oid) -> Result<Vec<Oid>, StoreError> {
+        let mut found = BTreeSet::new();
+        for s in set {
+            match self.repo.merge_bases(*s, b) {
+                Ok(bases) => found.extend(bases.iter().copied()),
+                Err(e) if e.code() == git2::ErrorCode::NotFound => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(best.map(|k| oid(&k.id)))
+        let mut best = Vec::new();
+        for x in &found {
+            let mut dominated = false;
+            for y in &found {
+                if x != y && self.repo.graph_descendant_of(*y, *x)? {
+                    dominated = true;
+                    break;
+                }
+            }
+            if !dominated {
+                best.push((self.order_key(*x)?, *x));
+            }
+        }
+        best.sort();
+        Ok(best.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// The files of the merge base of the format (§7.1): with one best
+    /// common ancestor, its tree; with several (criss-cross histories), their
+    /// recursive merge in display-key order, as Git's recursive strategy does.
+    /// Picking just one of them would make a file the other one had already
+    /// added (and a later commit removed) look new, and resurrect it.
+    pub fn merge_base_files_of(
+        &mut self,
+        a: Oid,
+        b: Oid,
+    ) -> Result<Option<Arc<Files>>, StoreError> {
+        self.virtual_base(&[a], b, 0)
+    }
+
+    fn virtual_base(
+        &mut self,
+        set: &[Oid],
+        b: Oid,
+        depth: usize,
+    ) -> Result<Option<Arc<Files>>, StoreError> {
+        let bases = self.best_common_ancestors(set, b)?;
+        let Some((&first, rest)) = bases.split_first() else {
+            return Ok(None);
+        };
+        if depth >= MERGE_BASE_RECURSION_MAX {
+            // Bounded work on hostile histories: fall back to the greatest base.
+            let last = *bases.last().expect("bases is not empty");
+            return Ok(Some(self.view_of(last)?.state.files().clone()));
+        }
+        let mut merged = self.view_of(first)?.state.files().clone();
+        let mut so_far = vec![first];
+        for &next in rest {
+            let inner = self
+                .virtual_base(&so_far, next, depth + 1)?
+                .unwrap_or_default();
+            let theirs = self.view_of(next)?.state.files().clone();
+            merged = Arc::new(merge_files(&inner, &merged, &theirs));
+            so_far.push(next);
+        }
+        Ok(Some(merged))
     }
 
     /// Content containment (see `starling_protocol::swarm::merge`).
@@ -673,19 +736,18 @@ impl Store {
         now_secs: i64,
     ) -> Result<Oid, StoreError> {
         let (first, second) = (self.view_of(a)?, self.view_of(b)?);
-        let base_view = match self.merge_base_of(a, b)? {
-            Some(base) => Some(self.view_of(base)?),
-            None => None,
+        let base = if first.state.files() == second.state.files() {
+            None
+        } else {
+            self.merge_base_files_of(a, b)?
         };
         let first_tree = self.repo.find_commit(a)?.tree_id();
         let tree = if first.state.files() == second.state.files() {
             first_tree
         } else {
-            let base = base_view
-                .as_ref()
-                .map(|v| v.state.files().clone())
-                .unwrap_or_default();
-            let merged = merge_files(&base, first.state.files(), second.state.files());
+            let empty = Files::new();
+            let base_files = base.as_deref().unwrap_or(&empty);
+            let merged = merge_files(base_files, first.state.files(), second.state.files());
             tree_with_changes(
                 &self.repo,
                 first_tree,
@@ -708,7 +770,7 @@ impl Store {
             &Context {
                 conversation: Some(self.conversation),
                 now_secs,
-                merge_base: base_view.as_ref().map(|v| &*v.state),
+                merge_base: base.as_deref(),
             },
         )
         .map_err(|r| StoreError::Own(Box::new(r)))?;
@@ -805,11 +867,8 @@ impl History for Store {
         self.view_of(oid(id)).ok()
     }
 
-    fn merge_base(&mut self, a: &CommitId, b: &CommitId) -> Option<CommitId> {
-        self.merge_base_of(oid(a), oid(b))
-            .ok()
-            .flatten()
-            .map(commit_id)
+    fn merge_base_files(&mut self, a: &CommitId, b: &CommitId) -> Option<Arc<Files>> {
+        self.merge_base_files_of(oid(a), oid(b)).ok().flatten()
     }
 }
 

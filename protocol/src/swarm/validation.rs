@@ -61,8 +61,8 @@ pub struct Context<'a> {
     pub conversation: Option<CommitId>,
     /// The validating device's clock, seconds since the Unix epoch.
     pub now_secs: i64,
-    /// For a merge: the state at the parents' merge base.
-    pub merge_base: Option<&'a SwarmState>,
+    /// For a merge: the files of the parents' (virtual) merge base.
+    pub merge_base: Option<&'a Files>,
 }
 
 /// A commit that passed every check.
@@ -453,7 +453,7 @@ fn validate_merge(
         (**ours).clone()
     } else {
         let base = ctx.merge_base.ok_or(Rejection::NoMergeBase(id))?;
-        merge_files(base.files(), ours, theirs)
+        merge_files(base, ours, theirs)
     };
     let actual = apply(ours, &candidate.changes);
     if actual != expected {
@@ -840,8 +840,9 @@ fn member_changes(
 pub trait History {
     /// An accepted commit's view, if it is in accepted history.
     fn view(&mut self, id: &CommitId) -> Option<ParentView>;
-    /// The merge base of two commits (accepted or candidates), if any.
-    fn merge_base(&mut self, a: &CommitId, b: &CommitId) -> Option<CommitId>;
+    /// The files of the (virtual) merge base of two accepted commits, if any
+    /// (see `docs/PROTOCOL-swarm.md` §7.1).
+    fn merge_base_files(&mut self, a: &CommitId, b: &CommitId) -> Option<Arc<Files>>;
 }
 
 /// The outcome of validating one fetch.
@@ -940,10 +941,10 @@ pub fn validate_batch(
                 }
             }
         }
-        let base_view = match (&failure, views.as_slice()) {
-            (None, [a, b]) if a.state.files() != b.state.files() => history
-                .merge_base(&a.id, &b.id)
-                .and_then(|base| accepted.get(&base).cloned().or_else(|| history.view(&base))),
+        let base_files = match (&failure, views.as_slice()) {
+            (None, [a, b]) if a.state.files() != b.state.files() => {
+                history.merge_base_files(&a.id, &b.id)
+            }
             _ => None,
         };
         let result = match failure {
@@ -954,7 +955,7 @@ pub fn validate_batch(
                 &Context {
                     conversation,
                     now_secs,
-                    merge_base: base_view.as_ref().map(|v| &*v.state),
+                    merge_base: base_files.as_deref(),
                 },
             ),
         };
