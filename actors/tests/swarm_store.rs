@@ -122,7 +122,7 @@ fn every_commit_type_is_accepted_by_a_peer() {
     let mut p = pair(Mode::AdminInvitesOnly);
     let carol = Person::new(3);
     let b2 = p.bob.device(22);
-    let reactions = [
+    let kinds = [
         BodyKind::Reaction {
             target: p.a.head().unwrap(),
             reaction: "👍".into(),
@@ -162,7 +162,7 @@ fn every_commit_type_is_accepted_by_a_peer() {
             account: p.bob.cert.id(),
         },
     ];
-    for kind in reactions {
+    for kind in kinds {
         p.a.author(&p.a1, kind, None, NOW).unwrap();
     }
     p.a.author(
