@@ -216,10 +216,10 @@ fn every_commit_type_is_accepted_by_a_peer() {
         NOW,
     )
     .unwrap();
-    // Unknown types from newer versions are kept.
     let report = p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
     assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     assert!(!p.a.members().unwrap().contains(&p.bob.cert.id()));
+    // Unknown types from newer versions are kept and shown as unsupported.
     let future = br#"{"type":"poll","generation":0,"question":"?"}"#;
     let head = head_oid(&p.a);
     let generation = p.a.last_messages(1).unwrap()[0].key.generation + 1;
