@@ -9,6 +9,7 @@ use starling_actors::conversation::{Store, StoreError};
 use starling_protocol::swarm::body::BodyError;
 use starling_protocol::swarm::body::{encode_body, BodyKind, MemberAction, Mode, VoteAction};
 use starling_protocol::swarm::commit::CommitFormatError;
+use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::swarm::limits::BODY_BYTES_MAX;
 use starling_protocol::swarm::state::{admin_path, device_path};
 use starling_protocol::swarm::validation::{Changes, Rejection};
@@ -709,4 +710,24 @@ fn ban_beats_a_concurrent_join() {
         Err(StoreError::Own(r)) if matches!(*r, Rejection::BannedDevice { .. })
     ));
     assert_stock_git_accepts(&p.a, &p.a_path);
+}
+
+#[test]
+fn cloning_the_wrong_conversation_fails_and_leaves_nothing_openable() {
+    let p = pair(Mode::InvitesOnly);
+    let path = p._dir.path().join("wrong.git");
+    let other: CommitId = "ab".repeat(20).parse().unwrap();
+    match Store::clone_from(&p.a_path, &path, other, "alice", NOW) {
+        Err(StoreError::Rejected(reasons)) => {
+            assert!(
+                matches!(reasons.first(), Some(Rejection::ForeignRoot(_))),
+                "{reasons:?}"
+            )
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::NotAConversation(_))
+    ));
 }

@@ -239,6 +239,8 @@ impl Store {
 
     /// Clones conversation `conversation` from another replica's repository at
     /// `remote` into a new bare repository at `path`, validating every commit.
+    /// The fetched head must be valid in full. On failure `path` holds an
+    /// incomplete repository that [`Store::open`] refuses; the caller removes it.
     pub fn clone_from(
         remote: &Path,
         path: &Path,
