@@ -7,10 +7,11 @@
 //! only in the call actor. Rules and formats are not decided here: they live
 //! in `starling-protocol` as pure functions, which these actors call.
 //!
-//! Modules arrive with their issues: today the account actor, the
-//! transport and the pack protocol; then swarm storage, conversations,
+//! Modules: the account actor, the transport, conversation storage (the
+//! swarm store and the pack protocol); then conversations as actors,
 //! discovery and calls.
 
 pub mod account;
+pub mod conversation;
 pub mod git_wire;
 pub mod transport;

@@ -19,6 +19,7 @@ pub mod fetch_schedule;
 pub mod id;
 pub mod identity;
 pub mod limits;
+pub mod swarm;
 pub mod upload_pack;
 mod x509;
 

@@ -1,0 +1,733 @@
+//! The conversation store through its real path: git2 repositories on disk,
+//! signed commits, fetches between replicas, and stock `git` checking them.
+
+mod common;
+
+use common::*;
+use starling_actors::conversation::store::oid;
+use starling_actors::conversation::{Store, StoreError};
+use starling_protocol::swarm::body::BodyError;
+use starling_protocol::swarm::body::{encode_body, BodyKind, MemberAction, Mode, VoteAction};
+use starling_protocol::swarm::commit::CommitFormatError;
+use starling_protocol::swarm::ids::CommitId;
+use starling_protocol::swarm::limits::BODY_BYTES_MAX;
+use starling_protocol::swarm::state::{admin_path, device_path};
+use starling_protocol::swarm::validation::{Changes, Rejection};
+use starling_protocol::RevocationList;
+use tempfile::TempDir;
+
+/// Alice (admin) and Bob (member), each with one replica, synced.
+struct Pair {
+    _dir: TempDir,
+    alice: Person,
+    bob: Person,
+    a1: starling_actors::conversation::DeviceSigner,
+    b1: starling_actors::conversation::DeviceSigner,
+    a: Store,
+    b: Store,
+    a_path: std::path::PathBuf,
+    b_path: std::path::PathBuf,
+}
+
+fn pair(mode: Mode) -> Pair {
+    let dir = TempDir::new().unwrap();
+    let (alice, bob) = (Person::new(1), Person::new(2));
+    let (a1, b1) = (alice.device(11), bob.device(21));
+    let a_path = dir.path().join("alice.git");
+    let b_path = dir.path().join("bob.git");
+    let mut a = Store::create(&a_path, &a1, mode, NOW).unwrap();
+    a.author(
+        &a1,
+        BodyKind::Member {
+            action: MemberAction::Invite,
+            account: bob.cert.id(),
+        },
+        None,
+        NOW,
+    )
+    .unwrap();
+    let mut b = Store::clone_from(&a_path, &b_path, a.conversation(), "alice", NOW).unwrap();
+    b.author(
+        &b1,
+        BodyKind::Member {
+            action: MemberAction::Join,
+            account: bob.cert.id(),
+        },
+        None,
+        NOW,
+    )
+    .unwrap();
+    a.fetch_from(&b_path, "bob", &a1, NOW).unwrap();
+    assert_eq!(a.head().unwrap(), b.head().unwrap());
+    Pair {
+        _dir: dir,
+        alice,
+        bob,
+        a1,
+        b1,
+        a,
+        b,
+        a_path,
+        b_path,
+    }
+}
+
+fn text(generation: u64, t: &str) -> Vec<u8> {
+    encode_body(
+        generation,
+        &BodyKind::Text {
+            text: t.into(),
+            reply_to: None,
+            edit_of: None,
+        },
+    )
+}
+
+/// Bob's replica carries one crafted commit; Alice fetches it.
+fn alice_fetches(p: &mut Pair) -> Result<Vec<Rejection>, StoreError> {
+    p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW)
+        .map(|r| r.rejected)
+}
+
+#[test]
+fn a_conversation_round_trip_passes_stock_git() {
+    let mut p = pair(Mode::InvitesOnly);
+    p.a.send_text(&p.a1, "hello", NOW).unwrap();
+    p.b.send_text(&p.b1, "hi", NOW + 1).unwrap();
+    // Concurrent writes: both fetch, one merges, the other adopts or merges.
+    let ra = p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW + 2).unwrap();
+    assert!(ra.merged && ra.rejected.is_empty());
+    let rb = p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW + 2).unwrap();
+    assert!(rb.rejected.is_empty());
+    assert_eq!(p.a.head().unwrap(), p.b.head().unwrap());
+    let texts: Vec<String> =
+        p.a.last_messages(10)
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m.body.kind() {
+                Some(BodyKind::Text { text, .. }) => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(texts.len(), 2);
+    assert_stock_git_accepts(&p.a, &p.a_path);
+    assert_stock_git_accepts(&p.b, &p.b_path);
+    // Reopening finds the same conversation and head.
+    let reopened = Store::open(&p.a_path).unwrap();
+    assert_eq!(reopened.conversation(), p.a.conversation());
+    assert_eq!(reopened.head().unwrap(), p.a.head().unwrap());
+}
+
+#[test]
+fn every_commit_type_is_accepted_by_a_peer() {
+    let mut p = pair(Mode::AdminInvitesOnly);
+    let carol = Person::new(3);
+    let b2 = p.bob.device(22);
+    let kinds = [
+        BodyKind::Reaction {
+            target: p.a.head().unwrap(),
+            reaction: "👍".into(),
+        },
+        BodyKind::File {
+            name: "a.txt".into(),
+            size: 3,
+            sha256: "0".repeat(64),
+            transfer_id: "t".into(),
+        },
+        BodyKind::Call {
+            call_id: "c1".into(),
+            duration_ms: 1000,
+        },
+        BodyKind::Member {
+            action: MemberAction::Invite,
+            account: carol.cert.id(),
+        },
+        BodyKind::Member {
+            action: MemberAction::Remove,
+            account: carol.cert.id(),
+        },
+        BodyKind::Vote {
+            action: VoteAction::Ban,
+            account: p.bob.cert.id(),
+        },
+        BodyKind::Member {
+            action: MemberAction::Ban,
+            account: p.bob.cert.id(),
+        },
+        BodyKind::Vote {
+            action: VoteAction::Unban,
+            account: p.bob.cert.id(),
+        },
+        BodyKind::Member {
+            action: MemberAction::Unban,
+            account: p.bob.cert.id(),
+        },
+    ];
+    for kind in kinds {
+        p.a.author(&p.a1, kind, None, NOW).unwrap();
+    }
+    p.a.author(
+        &p.a1,
+        BodyKind::Profile,
+        Some(br#"{"title":"t"}"#.to_vec()),
+        NOW,
+    )
+    .unwrap();
+    let report = p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert!(
+        p.b.members().unwrap().contains(&p.bob.cert.id()),
+        "unban restored bob"
+    );
+    // Bob adds a second device, publishes a CRL, edits and deletes, leaves.
+    p.b.author(&b2, BodyKind::Device, None, NOW).unwrap();
+    let crl = RevocationList::first(&p.bob.key, &p.bob.cert, now_time()).unwrap();
+    p.b.author(&p.b1, BodyKind::Crl, Some(crl.to_pem().into_bytes()), NOW)
+        .unwrap();
+    let first = p.b.send_text(&b2, "typo", NOW).unwrap();
+    p.b.author(
+        &p.b1,
+        BodyKind::Text {
+            text: "fixed".into(),
+            reply_to: None,
+            edit_of: Some(first),
+        },
+        None,
+        NOW,
+    )
+    .unwrap();
+    p.b.author(
+        &p.b1,
+        BodyKind::Text {
+            text: String::new(),
+            reply_to: None,
+            edit_of: Some(first),
+        },
+        None,
+        NOW,
+    )
+    .unwrap();
+    p.b.author(
+        &p.b1,
+        BodyKind::Member {
+            action: MemberAction::Leave,
+            account: p.bob.cert.id(),
+        },
+        None,
+        NOW,
+    )
+    .unwrap();
+    let report = p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert!(!p.a.members().unwrap().contains(&p.bob.cert.id()));
+    // Unknown types from newer versions are kept and shown as unsupported.
+    let future = br#"{"type":"poll","generation":0,"question":"?"}"#;
+    let head = head_oid(&p.a);
+    let generation = p.a.last_messages(1).unwrap()[0].key.generation + 1;
+    let body = String::from_utf8_lossy(future)
+        .replace("\"generation\":0", &format!("\"generation\":{generation}"));
+    let poll = craft(&p.a, &p.a1, head, body.as_bytes(), &Changes::new());
+    assert_stock_git_accepts(&p.a, &p.a_path);
+    let mut c = Store::clone_from(
+        &p.a_path,
+        &p._dir.path().join("c.git"),
+        p.a.conversation(),
+        "alice",
+        NOW,
+    )
+    .unwrap();
+    let newest = &c.last_messages(1).unwrap()[0];
+    assert_eq!(
+        newest.id,
+        starling_actors::conversation::store::commit_id(poll)
+    );
+    assert!(newest.body.kind().is_none(), "unsupported type kept");
+    assert_stock_git_accepts(&c, &p._dir.path().join("c.git"));
+    assert_eq!(c.state().unwrap().files(), p.a.state().unwrap().files());
+}
+
+/// One row per rejection rule: how Bob's replica is tampered with, and the
+/// reason Alice's replica must give.
+#[test]
+fn rejection_table() {
+    type Setup = fn(&mut Pair) -> ();
+    type Check = fn(&Pair, &Result<Vec<Rejection>, StoreError>) -> bool;
+    let rows: Vec<(&str, Setup, Check)> = vec![
+        (
+            "forged signature",
+            |p| {
+                // Sign one text, then swap the body under the signature.
+                let head = head_oid(&p.b);
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                let repo = p.b.repository();
+                let id = craft(&p.b, &p.b1, head, &text(g, "original"), &Changes::new());
+                let (sig, payload) = repo.extract_signature(&id, None).unwrap();
+                let forged = String::from_utf8(payload.to_vec())
+                    .unwrap()
+                    .replace("original", "forged!!");
+                let forged_id = repo
+                    .commit_signed(&forged, std::str::from_utf8(&sig).unwrap(), None)
+                    .unwrap();
+                repo.reference(
+                    starling_actors::conversation::store::HEAD_REF,
+                    forged_id,
+                    true,
+                    "forge",
+                )
+                .unwrap();
+            },
+            |_, r| {
+                matches!(
+                    r.as_deref(),
+                    Ok([Rejection::Format(_, CommitFormatError::BadSignature)])
+                )
+            },
+        ),
+        (
+            "unknown device",
+            |p| {
+                let b9 = p.bob.device(29);
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                craft(
+                    &p.b,
+                    &b9,
+                    head_oid(&p.b),
+                    &text(g, "from nowhere"),
+                    &Changes::new(),
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::UnknownDevice { .. }])),
+        ),
+        (
+            "non-member author",
+            |p| {
+                let mallory = Person::new(66).device(67);
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                let mut changes = Changes::new();
+                changes.insert(
+                    device_path(&mallory.device_id()),
+                    Some(mallory.device_cert().to_pem().into_bytes()),
+                );
+                craft(
+                    &p.b,
+                    &mallory,
+                    head_oid(&p.b),
+                    &encode_body(g, &BodyKind::Device),
+                    &changes,
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::NotAMember { .. }])),
+        ),
+        (
+            "non-admin ban",
+            |p| {
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                let kind = BodyKind::Member {
+                    action: MemberAction::Ban,
+                    account: p.alice.cert.id(),
+                };
+                let mut changes = Changes::new();
+                changes.insert(admin_path(&p.alice.cert.id()), None);
+                craft(
+                    &p.b,
+                    &p.b1,
+                    head_oid(&p.b),
+                    &encode_body(g, &kind),
+                    &changes,
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::NotAllowed { .. }])),
+        ),
+        (
+            "member editing another's certificate",
+            |p| {
+                let b2 = p.bob.device(22);
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                let mut changes = Changes::new();
+                changes.insert(
+                    device_path(&b2.device_id()),
+                    Some(b2.device_cert().to_pem().into_bytes()),
+                );
+                changes.insert(device_path(&p.a1.device_id()), None);
+                craft(
+                    &p.b,
+                    &b2,
+                    head_oid(&p.b),
+                    &encode_body(g, &BodyKind::Device),
+                    &changes,
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::UnexpectedChanges { missing, .. }]) if missing.is_empty()),
+        ),
+        (
+            "extra file in a message commit",
+            |p| {
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                let mut changes = Changes::new();
+                changes.insert("notes.txt".into(), Some(b"x".to_vec()));
+                craft(
+                    &p.b,
+                    &p.b1,
+                    head_oid(&p.b),
+                    &text(g, "with a file"),
+                    &changes,
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::UnexpectedChanges { extra, .. }]) if extra == &vec!["notes.txt".to_string()]),
+        ),
+        (
+            "oversize body",
+            |p| {
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                craft(
+                    &p.b,
+                    &p.b1,
+                    head_oid(&p.b),
+                    &text(g, &"a".repeat(BODY_BYTES_MAX)),
+                    &Changes::new(),
+                );
+            },
+            |_, r| {
+                matches!(
+                    r.as_deref(),
+                    Ok([Rejection::Body(_, BodyError::TooLarge { .. })])
+                )
+            },
+        ),
+        (
+            "wrong generation",
+            |p| {
+                craft(
+                    &p.b,
+                    &p.b1,
+                    head_oid(&p.b),
+                    &text(999, "time travel"),
+                    &Changes::new(),
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::WrongGeneration { .. }])),
+        ),
+        (
+            "history rewrite",
+            |p| {
+                // Bob's head moves back to a fork of an older commit.
+                let parent =
+                    p.b.repository()
+                        .find_commit(head_oid(&p.b))
+                        .unwrap()
+                        .parent_id(0)
+                        .unwrap();
+                let gen = 2; // initial 0, invite 1 → fork at generation 2
+                craft(
+                    &p.b,
+                    &p.b1,
+                    parent,
+                    &text(gen, "rewritten"),
+                    &Changes::new(),
+                );
+            },
+            |_, r| matches!(r, Err(StoreError::HistoryRewrite { .. })),
+        ),
+        (
+            "revoked device",
+            |p| {
+                let b2 = p.bob.device(22);
+                p.b.author(&b2, BodyKind::Device, None, NOW).unwrap();
+                let crl = RevocationList::first(&p.bob.key, &p.bob.cert, now_time())
+                    .unwrap()
+                    .with_revoked(
+                        &p.bob.key,
+                        &p.bob.cert,
+                        b2.device_cert().serial(),
+                        now_time(),
+                    )
+                    .unwrap();
+                p.b.author(&p.b1, BodyKind::Crl, Some(crl.to_pem().into_bytes()), NOW)
+                    .unwrap();
+                assert!(
+                    p.b.send_text(&b2, "revoked", NOW).is_err(),
+                    "own store refuses too"
+                );
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                craft(
+                    &p.b,
+                    &b2,
+                    head_oid(&p.b),
+                    &text(g, "revoked"),
+                    &Changes::new(),
+                );
+            },
+            |_, r| {
+                matches!(
+                    r.as_deref(),
+                    Ok([Rejection::Chain {
+                        error: starling_protocol::ChainError::Revoked(_),
+                        ..
+                    }])
+                )
+            },
+        ),
+        (
+            "banned member writing after the ban",
+            |p| {
+                let bob = p.bob.cert.id();
+                p.a.author(
+                    &p.a1,
+                    BodyKind::Vote {
+                        action: VoteAction::Ban,
+                        account: bob,
+                    },
+                    None,
+                    NOW,
+                )
+                .unwrap();
+                p.a.author(
+                    &p.a1,
+                    BodyKind::Member {
+                        action: MemberAction::Ban,
+                        account: bob,
+                    },
+                    None,
+                    NOW,
+                )
+                .unwrap();
+                p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+                assert!(p.b.send_text(&p.b1, "still here", NOW).is_err());
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                craft(
+                    &p.b,
+                    &p.b1,
+                    head_oid(&p.b),
+                    &text(g, "still here"),
+                    &Changes::new(),
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::BannedDevice { .. }])),
+        ),
+        (
+            "commit from the future",
+            |p| {
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                let day = 24 * 3600;
+                craft_at(
+                    &p.b,
+                    &p.b1,
+                    &[head_oid(&p.b)],
+                    &text(g, "tomorrow"),
+                    &Changes::new(),
+                    NOW + day,
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::FromTheFuture { .. }])),
+        ),
+        (
+            "merge that adds a file of its own",
+            |p| {
+                let base = head_oid(&p.b);
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                let x = craft(&p.b, &p.b1, base, &text(g, "x"), &Changes::new());
+                let y = craft(&p.b, &p.b1, base, &text(g, "y"), &Changes::new());
+                let mut extra = Changes::new();
+                extra.insert("smuggled".into(), Some(b"s".to_vec()));
+                craft_at(
+                    &p.b,
+                    &p.b1,
+                    &[x.min(y), x.max(y)],
+                    &encode_body(g + 1, &BodyKind::Merge),
+                    &extra,
+                    NOW,
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::MergeTreeMismatch(_)])),
+        ),
+        (
+            "history from another conversation",
+            |p| {
+                let mut files = Changes::new();
+                files.insert("mode".into(), Some(b"public".to_vec()));
+                files.insert(
+                    admin_path(&p.bob.cert.id()),
+                    Some(p.bob.cert.to_pem().into_bytes()),
+                );
+                files.insert(
+                    device_path(&p.b1.device_id()),
+                    Some(p.b1.device_cert().to_pem().into_bytes()),
+                );
+                let initial = encode_body(0, &BodyKind::Initial { mode: Mode::Public });
+                let root = craft_at(&p.b, &p.b1, &[], &initial, &files, NOW);
+                // Graft it beside the shared history so the append-only check
+                // passes and the validator meets the second root itself.
+                let ours = oid(&p.a.head().unwrap());
+                let generation = p.a.last_messages(1).unwrap()[0].key.generation + 1;
+                craft_at(
+                    &p.b,
+                    &p.b1,
+                    &[ours.min(root), ours.max(root)],
+                    &encode_body(generation, &BodyKind::Merge),
+                    &Changes::new(),
+                    NOW,
+                );
+            },
+            |_, r| {
+                matches!(
+                    r.as_deref(),
+                    Ok([
+                        Rejection::ForeignRoot(_),
+                        Rejection::DescendantOfRejected { .. }
+                    ])
+                )
+            },
+        ),
+    ];
+    for (name, setup, check) in rows {
+        let mut p = pair(Mode::InvitesOnly);
+        setup(&mut p);
+        let crafted = head_oid(&p.b);
+        let result = alice_fetches(&mut p);
+        assert!(check(&p, &result), "row {name:?}: got {result:?}");
+        let head = head_oid(&p.a);
+        let repo = p.a.repository();
+        assert!(
+            head != crafted && !repo.graph_descendant_of(head, crafted).unwrap(),
+            "row {name:?}: the refused commit entered history"
+        );
+        let counted: u64 = p.a.rejection_counts().values().sum();
+        let expected = result.as_ref().map(|r| r.len() as u64).unwrap_or(1);
+        assert_eq!(
+            counted, expected,
+            "row {name:?}: every rejection is counted"
+        );
+    }
+}
+
+#[test]
+fn a_bad_commit_rejects_its_descendants_but_not_the_branch_beside_it() {
+    let mut p = pair(Mode::InvitesOnly);
+    let base = head_oid(&p.b);
+    let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+    // Branch 1: a valid message. Branch 2: an invalid one, then a child.
+    let good = craft(&p.b, &p.b1, base, &text(g, "good"), &Changes::new());
+    let mut extra = Changes::new();
+    extra.insert("junk".into(), Some(b"j".to_vec()));
+    let bad = craft(&p.b, &p.b1, base, &text(g, "bad"), &extra);
+    let child = craft(&p.b, &p.b1, bad, &text(g + 1, "child"), &Changes::new());
+    // Bob's head: a merge of both branches.
+    let repo = p.b.repository();
+    let tree = repo.find_commit(bad).unwrap().tree_id();
+    let merge = starling_actors::conversation::store::write_commit(
+        repo,
+        &p.b1,
+        tree,
+        &[good.min(child), good.max(child)],
+        &encode_body(g + 2, &BodyKind::Merge),
+        NOW,
+    )
+    .unwrap();
+    repo.reference(
+        starling_actors::conversation::store::HEAD_REF,
+        merge,
+        true,
+        "t",
+    )
+    .unwrap();
+    let report = p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
+    assert_eq!(report.accepted, 1, "{:?}", report.rejected);
+    assert_eq!(report.rejected.len(), 3);
+    assert_eq!(head_oid(&p.a), good, "the valid branch fast-forwards");
+}
+
+#[test]
+fn ban_beats_a_concurrent_join() {
+    let mut p = pair(Mode::InvitesOnly);
+    let carol = Person::new(3);
+    let c1 = carol.device(31);
+    let c_path = p._dir.path().join("carol.git");
+    p.a.author(
+        &p.a1,
+        BodyKind::Member {
+            action: MemberAction::Invite,
+            account: carol.cert.id(),
+        },
+        None,
+        NOW,
+    )
+    .unwrap();
+    let mut c = Store::clone_from(&p.a_path, &c_path, p.a.conversation(), "alice", NOW).unwrap();
+    // Concurrently: Alice bans the invitation; Carol joins.
+    p.a.author(
+        &p.a1,
+        BodyKind::Vote {
+            action: VoteAction::Ban,
+            account: carol.cert.id(),
+        },
+        None,
+        NOW,
+    )
+    .unwrap();
+    p.a.author(
+        &p.a1,
+        BodyKind::Member {
+            action: MemberAction::Ban,
+            account: carol.cert.id(),
+        },
+        None,
+        NOW,
+    )
+    .unwrap();
+    c.author(
+        &c1,
+        BodyKind::Member {
+            action: MemberAction::Join,
+            account: carol.cert.id(),
+        },
+        None,
+        NOW,
+    )
+    .unwrap();
+    let report = p.a.fetch_from(&c_path, "carol", &p.a1, NOW).unwrap();
+    assert!(
+        report.merged && report.rejected.is_empty(),
+        "{:?}",
+        report.rejected
+    );
+    let state = p.a.state().unwrap();
+    assert!(state.is_banned(&carol.cert.id()));
+    assert!(!state.is_member(&carol.cert.id()));
+    assert!(
+        state.is_banned_device(&c1.device_id()),
+        "her device moved to banned/devices"
+    );
+    // Bob merges the same pair independently and reaches the same membership.
+    p.b.fetch_from(&c_path, "carol", &p.b1, NOW).unwrap();
+    p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+    assert_eq!(p.b.state().unwrap().files(), state.files());
+    p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
+    assert_eq!(p.a.head().unwrap(), p.b.head().unwrap());
+    // Carol's writes on top of the merged state are refused.
+    c.fetch_from(&p.a_path, "alice", &c1, NOW).unwrap();
+    assert!(matches!(
+        c.send_text(&c1, "let me in", NOW),
+        Err(StoreError::Own(r)) if matches!(*r, Rejection::BannedDevice { .. })
+    ));
+    assert_stock_git_accepts(&p.a, &p.a_path);
+}
+
+#[test]
+fn cloning_the_wrong_conversation_fails_and_leaves_nothing_openable() {
+    let p = pair(Mode::InvitesOnly);
+    let path = p._dir.path().join("wrong.git");
+    let other: CommitId = "ab".repeat(20).parse().unwrap();
+    match Store::clone_from(&p.a_path, &path, other, "alice", NOW) {
+        Err(StoreError::Rejected(reasons)) => {
+            assert!(
+                matches!(reasons.first(), Some(Rejection::ForeignRoot(_))),
+                "{reasons:?}"
+            )
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::NotAConversation(_))
+    ));
+}
