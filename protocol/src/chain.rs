@@ -7,6 +7,12 @@
 //! by the account key, both validity windows at `now`, the issuer naming that
 //! account, and the account's CRL (verified as the account's own) not listing
 //! the device.
+//!
+//! Callers that check many chains against the same account keep a
+//! [`VerifiedAccount`] and [`VerifiedCrl`] and call [`verify_device_of`], which
+//! verifies one signature instead of three; callers that judge signatures
+//! apart from time (swarm validation checks time per commit) call
+//! [`verify_device_signature`].
 
 use std::time::SystemTime;
 
@@ -49,19 +55,52 @@ pub struct VerifiedDevice {
     pub device_id: DeviceId,
 }
 
-/// Verifies that `device` is a current, unrevoked device of `account` at `now`.
-pub fn verify_device_chain(
-    device: &DeviceCert,
-    account: &AccountCert,
-    crl: Option<&RevocationList>,
-    now: SystemTime,
-) -> Result<VerifiedDevice, ChainError> {
-    let account_id = account.id();
-    x509::verify_envelope(account.der(), account.public_key())
-        .map_err(|_| ChainError::AccountSignature(account_id))?;
-    if now < account.not_before() || now > account.not_after() {
-        return Err(ChainError::AccountNotCurrent(account_id));
+/// An account certificate whose self-signature has been checked. Its validity
+/// window is still checked at every use; holding one only saves re-verifying
+/// the signature (callers such as the TLS verifiers keep a few).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAccount(AccountCert);
+
+impl VerifiedAccount {
+    /// Checks the self-signature (and nothing that depends on time).
+    pub fn verify(account: AccountCert) -> Result<Self, ChainError> {
+        x509::verify_envelope(account.der(), account.public_key())
+            .map_err(|_| ChainError::AccountSignature(account.id()))?;
+        Ok(Self(account))
     }
+
+    /// The certificate.
+    pub fn cert(&self) -> &AccountCert {
+        &self.0
+    }
+}
+
+/// A CRL proven to be its account's own (signed by the account key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCrl(RevocationList);
+
+impl VerifiedCrl {
+    /// Checks that `account` issued and signed `crl`.
+    pub fn verify(crl: RevocationList, account: &AccountCert) -> Result<Self, CrlError> {
+        crl.verify(account)?;
+        Ok(Self(crl))
+    }
+
+    /// The list.
+    pub fn crl(&self) -> &RevocationList {
+        &self.0
+    }
+}
+
+/// Checks what does not depend on time: `device` names `account` as issuer,
+/// is signed by its key, and (given its CRL) is not revoked.
+pub fn verify_device_signature(
+    device: &DeviceCert,
+    account: &VerifiedAccount,
+    crl: Option<&VerifiedCrl>,
+) -> Result<VerifiedDevice, ChainError> {
+    let account = account.cert();
+    let account_id = account.id();
     let device_id = device.id();
     if device.claimed_account_id() != account_id {
         return Err(ChainError::OtherAccount {
@@ -72,15 +111,14 @@ pub fn verify_device_chain(
     }
     x509::verify_envelope(device.der(), account.public_key())
         .map_err(|_| ChainError::DeviceSignature(device_id))?;
-    if now > device.not_after() {
-        return Err(ChainError::DeviceExpired(device_id));
-    }
-    if now < device.not_before() {
-        return Err(ChainError::DeviceNotYetValid(device_id));
-    }
     if let Some(crl) = crl {
-        crl.verify(account).map_err(ChainError::Crl)?;
-        if crl.is_revoked(device.serial()) {
+        if crl.crl().issuer() != account_id {
+            return Err(ChainError::Crl(CrlError::WrongAccount {
+                expected: account_id,
+                found: crl.crl().issuer(),
+            }));
+        }
+        if crl.crl().is_revoked(device.serial()) {
             return Err(ChainError::Revoked(device_id));
         }
     }
@@ -88,6 +126,43 @@ pub fn verify_device_chain(
         account_id,
         device_id,
     })
+}
+
+/// [`verify_device_chain`] for an account and CRL verified earlier: one
+/// signature verification instead of three.
+pub fn verify_device_of(
+    device: &DeviceCert,
+    account: &VerifiedAccount,
+    crl: Option<&VerifiedCrl>,
+    now: SystemTime,
+) -> Result<VerifiedDevice, ChainError> {
+    let cert = account.cert();
+    if now < cert.not_before() || now > cert.not_after() {
+        return Err(ChainError::AccountNotCurrent(cert.id()));
+    }
+    let verified = verify_device_signature(device, account, crl)?;
+    if now > device.not_after() {
+        return Err(ChainError::DeviceExpired(verified.device_id));
+    }
+    if now < device.not_before() {
+        return Err(ChainError::DeviceNotYetValid(verified.device_id));
+    }
+    Ok(verified)
+}
+
+/// Verifies that `device` is a current, unrevoked device of `account` at `now`.
+pub fn verify_device_chain(
+    device: &DeviceCert,
+    account: &AccountCert,
+    crl: Option<&RevocationList>,
+    now: SystemTime,
+) -> Result<VerifiedDevice, ChainError> {
+    let account = VerifiedAccount::verify(account.clone())?;
+    let crl = crl
+        .map(|crl| VerifiedCrl::verify(crl.clone(), account.cert()))
+        .transpose()
+        .map_err(ChainError::Crl)?;
+    verify_device_of(device, &account, crl.as_ref(), now)
 }
 
 #[cfg(test)]

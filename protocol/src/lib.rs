@@ -26,7 +26,10 @@ mod x509;
 pub use archive::{AccountArchive, ArchiveError, KdfParams, KnownDevice};
 
 pub use cert::{AccountCert, CertError, DeviceCert};
-pub use chain::{verify_device_chain, ChainError, VerifiedDevice};
+pub use chain::{
+    verify_device_chain, verify_device_of, verify_device_signature, ChainError, VerifiedAccount,
+    VerifiedCrl, VerifiedDevice,
+};
 pub use crl::{CrlError, RevocationList};
 pub use id::{AccountId, DeviceId, IdParseError};
 pub use identity::{AccountIdentity, DeviceStatus, IdentityError};

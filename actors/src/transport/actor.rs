@@ -383,7 +383,7 @@ impl Transport {
         if self
             .book
             .get(&peer.account_id)
-            .is_some_and(|crl| crl.is_revoked(&device_serial))
+            .is_some_and(|crl| crl.crl().is_revoked(&device_serial))
         {
             conn.close(close_code(CloseCode::Revoked), b"revoked");
             self.metrics
@@ -990,7 +990,7 @@ impl Handler<UpdateRevocations> for Transport {
         }
         if let Some(crl) = self.book.get(&account) {
             self.close_where(CloseCode::Revoked, "revoked", |state| {
-                state.peer.account_id == account && crl.is_revoked(&state.device_serial)
+                state.peer.account_id == account && crl.crl().is_revoked(&state.device_serial)
             });
         }
         Ok(true)

@@ -4,7 +4,7 @@
 //! Both sides present the chain `[device cert, account cert]` and sign the
 //! handshake with the device key (ed25519). Both verifiers do the same two
 //! things and nothing else: the chain through
-//! [`starling_protocol::verify_device_chain`] (with the newest CRL the
+//! [`starling_protocol::verify_device_of`] (with the newest CRL the
 //! [`RevocationBook`] holds for the peer's account) and the TLS 1.3 handshake
 //! signature through the crypto provider's algorithms. There are no trust
 //! roots: a device is trusted *as a device of the account its chain proves*;
@@ -20,7 +20,7 @@
 //! count the same reason ([`handshake_failure`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::pkcs8::EncodePrivateKey;
@@ -32,8 +32,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use starling_protocol::{
-    verify_device_chain, AccountCert, AccountId, ChainError, CrlError, DeviceCert, DeviceId,
-    RevocationList, VerifiedDevice,
+    verify_device_of, AccountCert, AccountId, ChainError, CrlError, DeviceCert, DeviceId,
+    RevocationList, VerifiedAccount, VerifiedCrl, VerifiedDevice,
 };
 
 /// The one ALPN protocol a Starling endpoint speaks.
@@ -142,7 +142,8 @@ impl LocalIdentity {
 /// read. The lock is private to the transport; no other actor sees it.
 #[derive(Clone, Debug, Default)]
 pub struct RevocationBook {
-    lists: Arc<RwLock<HashMap<AccountId, Arc<RevocationList>>>>,
+    /// Only verified lists enter, so handshakes never re-verify a CRL's signature.
+    lists: Arc<RwLock<HashMap<AccountId, Arc<VerifiedCrl>>>>,
 }
 
 impl RevocationBook {
@@ -152,7 +153,7 @@ impl RevocationBook {
     }
 
     /// The newest CRL we hold for `account`.
-    pub fn get(&self, account: &AccountId) -> Option<Arc<RevocationList>> {
+    pub fn get(&self, account: &AccountId) -> Option<Arc<VerifiedCrl>> {
         let lists = self
             .lists
             .read()
@@ -163,14 +164,14 @@ impl RevocationBook {
     /// Keeps `crl` if it is `account`'s own and newer than what we hold.
     /// Returns whether it was kept.
     pub fn offer(&self, account: &AccountCert, crl: RevocationList) -> Result<bool, CrlError> {
-        crl.verify(account)?;
+        let crl = VerifiedCrl::verify(crl, account)?;
         let mut lists = self
             .lists
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let newer = lists
             .get(&account.id())
-            .is_none_or(|held| crl.supersedes(held));
+            .is_none_or(|held| crl.crl().supersedes(held.crl()));
         if newer {
             lists.insert(account.id(), Arc::new(crl));
         }
@@ -238,11 +239,19 @@ fn system_time(now: UnixTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(now.as_secs())
 }
 
+/// Most account certificates whose self-signature a verifier remembers.
+const VERIFIED_ACCOUNTS_CACHED_MAX: usize = 1024;
+
 /// The checks both sides share: parse the chain, verify it with the book's CRL.
 #[derive(Debug)]
 struct ChainCheck {
     book: RevocationBook,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Account certificates (by their exact DER) whose self-signature already
+    /// verified: peers present the same few again and again, and skipping the
+    /// re-verification is a third of a handshake's chain cost. Bounded; when
+    /// full it is emptied, which only costs re-verification.
+    verified_accounts: Mutex<HashMap<Vec<u8>, VerifiedAccount>>,
 }
 
 impl ChainCheck {
@@ -266,12 +275,29 @@ impl ChainCheck {
                 found: 1 + intermediates.len(),
             });
         };
-        let account =
-            AccountCert::from_der(account).map_err(|e| PeerRejection::Malformed(e.to_string()))?;
-        let crl = self.book.get(&account.id());
-        let verified = verify_device_chain(&device, &account, crl.as_deref(), system_time(now))
+        let account = self.verified_account(account)?;
+        let crl = self.book.get(&account.cert().id());
+        let verified = verify_device_of(&device, &account, crl.as_deref(), system_time(now))
             .map_err(PeerRejection::Chain)?;
         Ok((verified, device))
+    }
+
+    fn verified_account(&self, der: &[u8]) -> Result<VerifiedAccount, PeerRejection> {
+        let mut cache = self
+            .verified_accounts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(known) = cache.get(der) {
+            return Ok(known.clone());
+        }
+        let cert =
+            AccountCert::from_der(der).map_err(|e| PeerRejection::Malformed(e.to_string()))?;
+        let verified = VerifiedAccount::verify(cert).map_err(PeerRejection::Chain)?;
+        if cache.len() >= VERIFIED_ACCOUNTS_CACHED_MAX {
+            cache.clear();
+        }
+        cache.insert(der.to_vec(), verified.clone());
+        Ok(verified)
     }
 
     fn verify_signature(
@@ -424,6 +450,7 @@ fn chain_check(provider: &CryptoProvider, book: &RevocationBook) -> ChainCheck {
     ChainCheck {
         book: book.clone(),
         algorithms: provider.signature_verification_algorithms,
+        verified_accounts: Mutex::new(HashMap::new()),
     }
 }
 
@@ -693,7 +720,10 @@ mod tests {
         assert_eq!(book.offer(&a.1, first.clone()), Ok(true));
         assert_eq!(book.offer(&a.1, second.clone()), Ok(true));
         assert_eq!(book.offer(&a.1, first), Ok(false));
-        assert_eq!(book.get(&a.1.id()).as_deref(), Some(&second));
+        assert_eq!(
+            book.get(&a.1.id()).map(|held| held.crl().clone()),
+            Some(second)
+        );
         // A list offered under the wrong account is refused and not stored.
         let foreign = RevocationList::first(&b.0, &b.1, SystemTime::now()).expect("crl");
         assert!(book.offer(&a.1, foreign).is_err());

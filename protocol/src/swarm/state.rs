@@ -23,12 +23,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use super::body::{Mode, VoteAction};
 use super::limits::{PROFILE_BYTES_MAX, TREE_FILES_MAX, TREE_FILE_BYTES_MAX};
 use crate::cert::{AccountCert, DeviceCert};
-use crate::chain::{verify_device_chain, ChainError};
+use crate::chain::{verify_device_signature, ChainError, VerifiedAccount, VerifiedCrl};
 use crate::crl::RevocationList;
 use crate::id::{AccountId, DeviceId};
 
@@ -412,8 +411,10 @@ pub fn chain_ignoring_time(
     account: &AccountCert,
     crl: Option<&RevocationList>,
 ) -> Result<(), ChainError> {
-    // Any instant inside both windows makes verify_device_chain's time checks
-    // pass; if the windows do not overlap, the chain can never be valid.
-    let at: SystemTime = device.not_before().max(account.not_before());
-    verify_device_chain(device, account, crl, at).map(|_| ())
+    let account = VerifiedAccount::verify(account.clone())?;
+    let crl = crl
+        .map(|crl| VerifiedCrl::verify(crl.clone(), account.cert()))
+        .transpose()
+        .map_err(ChainError::Crl)?;
+    verify_device_signature(device, &account, crl.as_ref()).map(|_| ())
 }
