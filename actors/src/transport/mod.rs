@@ -13,7 +13,7 @@
 //! peer identity handed out comes from a chain the verifiers accepted; every
 //! queue (actor mailboxes, socket queues, pending channels) is bounded, and
 //! data paths use `send`/`try_send`, never `do_send`. The wire format is in
-//! `starling_protocol::channel` and `docs/PROTOCOL-transport.md`.
+//! `starling_protocol::channel` and `docs/PROTOCOL.md` §8.
 
 pub mod actor;
 pub mod channel;

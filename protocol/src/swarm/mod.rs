@@ -2,7 +2,7 @@
 //! messages and whose tree says who may write.
 //!
 //! Everything here judges plain values the store hands over; nothing touches
-//! Git, a disk or a clock. The format is specified in `docs/PROTOCOL-swarm.md`.
+//! Git, a disk or a clock. The format is specified in `docs/PROTOCOL.md` §9.
 //!
 //! - [`ids`]: commit ids (the conversation id is its initial commit's id).
 //! - [`body`]: the JSON commit bodies, one `type` each.

@@ -841,7 +841,7 @@ pub trait History {
     /// An accepted commit's view, if it is in accepted history.
     fn view(&mut self, id: &CommitId) -> Option<ParentView>;
     /// The files of the (virtual) merge base of two accepted commits, if any
-    /// (see `docs/PROTOCOL-swarm.md` §7.1).
+    /// (see `docs/PROTOCOL.md` §9.7.1).
     fn merge_base_files(&mut self, a: &CommitId, b: &CommitId) -> Option<Arc<Files>>;
 }
 
