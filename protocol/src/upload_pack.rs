@@ -24,7 +24,6 @@
 //! buffer is bounded.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 /// Largest pkt-line, header included (Git's own limit).
 pub const PKT_LINE_BYTES_MAX: usize = 65520;
@@ -37,41 +36,11 @@ pub const HAVES_MAX: usize = 16 * 1024;
 /// Most unparsed client bytes held while waiting for a whole pkt-line.
 pub const CLIENT_BUFFER_BYTES_MAX: usize = 2 * PKT_LINE_BYTES_MAX;
 
-/// A Git object id (SHA-1).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectId(pub [u8; 20]);
+/// Wants and haves name commits: the swarm's commit id (a Git SHA-1) serves.
+pub use crate::swarm::ids::CommitId as ObjectId;
 
-impl ObjectId {
-    /// Parses 40 lowercase hex digits.
-    pub fn from_hex(text: &[u8]) -> Option<Self> {
-        if text.len() != 40
-            || !text
-                .iter()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-        {
-            return None;
-        }
-        let mut bytes = [0u8; 20];
-        hex::decode_to_slice(text, &mut bytes).ok()?;
-        Some(Self(bytes))
-    }
-
-    /// Lowercase hex.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for ObjectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for ObjectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ObjectId({})", self.to_hex())
-    }
+fn parse_object_id(text: &[u8]) -> Option<ObjectId> {
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 /// Why a pkt-line stream or an upload-pack request is refused.
@@ -329,7 +298,7 @@ impl UploadPackServer {
             Some(space) => (&rest[..space], &rest[space + 1..]),
             None => (rest, &b""[..]),
         };
-        let id = ObjectId::from_hex(id).ok_or_else(|| {
+        let id = parse_object_id(id).ok_or_else(|| {
             UploadPackError::BadObjectId(String::from_utf8_lossy(line).into_owned())
         })?;
         if !self.wants.is_empty() && !caps.is_empty() {
@@ -368,7 +337,7 @@ impl UploadPackServer {
         if self.haves_seen > HAVES_MAX {
             return Err(UploadPackError::TooMany(HAVES_MAX, "have"));
         }
-        ObjectId::from_hex(id)
+        parse_object_id(id)
             .ok_or_else(|| UploadPackError::BadObjectId(String::from_utf8_lossy(line).into_owned()))
     }
 }
@@ -383,7 +352,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn id(n: u8) -> ObjectId {
-        ObjectId([n; 20])
+        ObjectId::from_bytes([n; 20])
     }
 
     fn lines(parts: &[&str]) -> Vec<u8> {

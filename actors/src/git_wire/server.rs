@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use starling_protocol::upload_pack::{AdvertisedRef, ObjectId, ServerStep, UploadPackServer};
 
 use super::{GitWireError, PACK_BYTES_MAX};
+use crate::conversation::store::{commit_id, oid};
 
 /// How a served session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,18 +20,6 @@ pub enum Served {
 /// Bytes read from the client per `read` call.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
-fn to_object_id(oid: git2::Oid) -> ObjectId {
-    ObjectId(
-        oid.as_bytes()
-            .try_into()
-            .expect("SHA-1 repositories only: ids are 20 bytes"),
-    )
-}
-
-fn to_oid(id: &ObjectId) -> git2::Oid {
-    git2::Oid::from_bytes(&id.0).expect("20 bytes are a valid SHA-1 id")
-}
-
 /// The refs a fetch may want: every branch, and HEAD when it resolves.
 pub fn advertised_refs(repo: &git2::Repository) -> Result<Vec<AdvertisedRef>, git2::Error> {
     let mut refs = Vec::new();
@@ -38,7 +27,7 @@ pub fn advertised_refs(repo: &git2::Repository) -> Result<Vec<AdvertisedRef>, gi
         if let Some(target) = head.target() {
             refs.push(AdvertisedRef {
                 name: "HEAD".into(),
-                id: to_object_id(target),
+                id: commit_id(target),
             });
         }
     }
@@ -47,7 +36,7 @@ pub fn advertised_refs(repo: &git2::Repository) -> Result<Vec<AdvertisedRef>, gi
         if let (Some(name), Some(target)) = (reference.name(), reference.resolve()?.target()) {
             refs.push(AdvertisedRef {
                 name: name.to_owned(),
-                id: to_object_id(target),
+                id: commit_id(target),
             });
         }
     }
@@ -74,7 +63,7 @@ pub fn serve_upload_pack(
         // A have is common only if we hold it as a commit: holding a commit
         // means holding its whole history, which is what the pack relies on.
         let mut has_commit = |id: &ObjectId| {
-            odb.read_header(to_oid(id))
+            odb.read_header(oid(id))
                 .map(|(_, kind)| kind == git2::ObjectType::Commit)
                 .unwrap_or(false)
         };
@@ -104,10 +93,10 @@ fn write_pack(
 ) -> Result<Served, GitWireError> {
     let mut walk = repo.revwalk()?;
     for want in wants {
-        walk.push(to_oid(want))?;
+        walk.push(oid(want))?;
     }
     for have in common {
-        walk.hide(to_oid(have))?;
+        walk.hide(oid(have))?;
     }
     let mut builder = repo.packbuilder()?;
     builder.insert_walk(&mut walk)?;
