@@ -13,7 +13,17 @@ use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 use serde_json::json;
-use starling_actors::account::{Account, AccountStatus, GetStatus};
+use starling_actors::account::swarms::{
+    AddPeer, CreateSwarm, ExportAllowedSigners, Invite, Join, ListInvitations, ListSwarms, Members,
+    Messages, SendText,
+};
+use starling_actors::account::{Account, AccountStatus, GetStatus, SwarmError};
+use starling_protocol::swarm::body::Mode;
+use starling_protocol::swarm::ids::CommitId;
+use starling_protocol::swarm::limits::PAGE_MESSAGES_MAX;
+use starling_protocol::AccountId;
+
+use crate::config::PeerAddr;
 
 /// Largest JSON body the API accepts.
 pub const REQUEST_BODY_BYTES_MAX: usize = 256 * 1024;
@@ -32,6 +42,8 @@ pub struct ApiState {
 pub struct NodeFacts {
     /// Base URL of this API.
     pub api: String,
+    /// QUIC address (host:port).
+    pub listen: String,
     /// Process id.
     pub pid: u32,
 }
@@ -47,6 +59,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("request body is larger than {REQUEST_BODY_BYTES_MAX} bytes")]
     PayloadTooLarge,
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -57,7 +73,8 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
-            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::PayloadTooLarge | ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -69,7 +86,8 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge | ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,6 +124,244 @@ impl FromRequest for Authorized {
             },
         )
     }
+}
+
+impl From<SwarmError> for ApiError {
+    fn from(e: SwarmError) -> Self {
+        match e {
+            SwarmError::NotFound(_) | SwarmError::NotInvited(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            SwarmError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+            SwarmError::Refused(_) => ApiError::BadRequest(e.to_string()),
+            SwarmError::InviterOffline(_)
+            | SwarmError::AlreadyMember(_)
+            | SwarmError::TooManyConversations => ApiError::Conflict(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn actor_gone(e: actix::MailboxError) -> ApiError {
+    ApiError::Internal(format!("account actor: {e}"))
+}
+
+fn conversation_id(text: &str) -> Result<CommitId, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::BadRequest(format!("conversation id: {e}")))
+}
+
+/// `POST /v1/peers` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerRequest {
+    /// `ACCOUNT_ID@HOST:PORT`.
+    peer: String,
+}
+
+async fn add_peer(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    body: web::Json<PeerRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let peer: PeerAddr = body
+        .peer
+        .parse()
+        .map_err(|e: anyhow::Error| ApiError::BadRequest(format!("{e:#}")))?;
+    state
+        .account
+        .send(AddPeer {
+            addr: peer.addr,
+            account: peer.account,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(json!({ "peer": peer.to_string() })))
+}
+
+/// `POST /v1/swarms` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    title: Option<String>,
+    mode: Option<String>,
+}
+
+async fn create_swarm(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    body: web::Json<CreateRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let mode = match body.mode.as_deref() {
+        None => Mode::InvitesOnly,
+        Some(text) => Mode::parse(text).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "mode {text:?} is not one of one-to-one, admin-invites-only, invites-only, public"
+            ))
+        })?,
+    };
+    let id = state
+        .account
+        .send(CreateSwarm {
+            mode,
+            title: body.title,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Created().json(json!({ "id": id.to_hex() })))
+}
+
+async fn list_swarms(_: Authorized, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let list = state.account.send(ListSwarms).await.map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// `POST /v1/swarms/{id}/invites` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteRequest {
+    account_id: String,
+}
+
+async fn invite(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<InviteRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let account: AccountId = body
+        .account_id
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("account id: {e}")))?;
+    state
+        .account
+        .send(Invite {
+            conversation,
+            account,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(json!({ "invited": account })))
+}
+
+async fn invitations(_: Authorized, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let list = state
+        .account
+        .send(ListInvitations)
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn join(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    state
+        .account
+        .send(Join { conversation })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(json!({ "id": conversation.to_hex() })))
+}
+
+/// `POST /v1/swarms/{id}/messages` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendRequest {
+    text: String,
+    reply_to: Option<String>,
+}
+
+async fn send_message(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<SendRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let body = body.into_inner();
+    let reply_to = match body.reply_to {
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e| ApiError::BadRequest(format!("reply_to: {e}")))?,
+        ),
+        None => None,
+    };
+    let id = state
+        .account
+        .send(SendText {
+            conversation,
+            text: body.text,
+            reply_to,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Created().json(json!({ "id": id.to_hex() })))
+}
+
+/// `GET /v1/swarms/{id}/messages` query.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagesQuery {
+    limit: Option<usize>,
+}
+
+/// Messages listed when the request names no limit.
+const MESSAGES_DEFAULT_LIMIT: usize = 100;
+
+async fn messages(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    query: web::Query<MessagesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let limit = query
+        .limit
+        .unwrap_or(MESSAGES_DEFAULT_LIMIT)
+        .min(PAGE_MESSAGES_MAX);
+    let list = state
+        .account
+        .send(Messages {
+            conversation,
+            limit,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn members(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let list = state
+        .account
+        .send(Members { conversation })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn allowed_signers(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let text = state
+        .account
+        .send(ExportAllowedSigners { conversation })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().content_type("text/plain").body(text))
 }
 
 /// Compares without an early exit, so timing does not reveal a prefix match.
@@ -233,12 +489,28 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 other => ApiError::BadRequest(other.to_string()).into(),
             }
         });
+    let query_errors = web::QueryConfig::default()
+        .error_handler(|error, _| ApiError::BadRequest(error.to_string()).into());
     config
         .app_data(json_errors)
+        .app_data(query_errors)
         .route("/metrics", web::get().to(metrics))
         .service(
             web::scope("/v1")
                 .route("/status", web::get().to(status))
+                .route("/peers", web::post().to(add_peer))
+                .route("/swarms", web::post().to(create_swarm))
+                .route("/swarms", web::get().to(list_swarms))
+                .route("/invites", web::get().to(invitations))
+                .route("/swarms/{id}/invites", web::post().to(invite))
+                .route("/swarms/{id}/join", web::post().to(join))
+                .route("/swarms/{id}/messages", web::post().to(send_message))
+                .route("/swarms/{id}/messages", web::get().to(messages))
+                .route("/swarms/{id}/members", web::get().to(members))
+                .route(
+                    "/swarms/{id}/allowed-signers",
+                    web::get().to(allowed_signers),
+                )
                 .route("/openapi.json", web::get().to(|_: Authorized| openapi())),
         )
         .default_service(web::to(not_found));
