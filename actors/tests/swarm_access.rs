@@ -1,14 +1,15 @@
 //! The account's access check on `git/<id>` and `swarm/<id>`, over real QUIC
 //! on loopback: a device of an account that is neither member nor invited is
 //! refused on both (with the typed refusal, counted) and fetches nothing;
-//! once its account is invited, the same device may fetch the swarm.
+//! once its account is invited, the same device may fetch the swarm; once
+//! the invitation is withdrawn (an admin's remove), it is refused again.
 
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use prometheus::Registry;
 use starling_actors::account::channel_io::fetch_git;
-use starling_actors::account::swarms::{CreateSwarm, Invite};
+use starling_actors::account::swarms::{CreateSwarm, Invite, RemoveMember};
 use starling_actors::account::{Account, SwarmConfig};
 use starling_actors::conversation::store::{quarantine_ref, Store};
 use starling_actors::conversation::SwarmMetrics;
@@ -158,4 +159,30 @@ async fn outsiders_are_refused_until_invited() {
     let store = Store::adopt_quarantined(repo, id, &alice_device.to_hex(), now_secs).unwrap();
     assert_eq!(store.conversation(), id);
     assert_eq!(store.full_order().unwrap().len(), 2, "initial + invite");
+
+    account
+        .send(RemoveMember {
+            conversation: id,
+            account: Some(mallory_account),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    for kind in ["git", "swarm"] {
+        assert!(
+            matches!(
+                mallory_transport.send(open(kind)).await.unwrap(),
+                Err(ChannelError::Refused { .. })
+            ),
+            "{kind}/<id> after removal"
+        );
+    }
+    assert_eq!(
+        metric(
+            &alice_registry,
+            "starling_swarm_channels_refused_total",
+            &[("reason", "not_member")]
+        ),
+        4.0
+    );
 }

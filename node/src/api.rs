@@ -15,7 +15,7 @@ use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 use serde_json::json;
 use starling_actors::account::swarms::{
     AddPeer, CreateSwarm, ExportAllowedSigners, Invite, Join, ListInvitations, ListSwarms, Members,
-    Messages, SendText,
+    Messages, RemoveMember, SendText,
 };
 use starling_actors::account::{Account, AccountStatus, GetStatus, SwarmError};
 use starling_protocol::swarm::body::Mode;
@@ -246,6 +246,45 @@ async fn invite(
     Ok(HttpResponse::Ok().json(json!({ "invited": account })))
 }
 
+async fn remove(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<InviteRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let account: AccountId = body
+        .account_id
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("account id: {e}")))?;
+    state
+        .account
+        .send(RemoveMember {
+            conversation,
+            account: Some(account),
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(json!({ "removed": account })))
+}
+
+async fn leave(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    state
+        .account
+        .send(RemoveMember {
+            conversation,
+            account: None,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(json!({ "left": conversation.to_hex() })))
+}
+
 async fn invitations(_: Authorized, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let list = state
         .account
@@ -414,6 +453,8 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 /// The OpenAPI 3.1 description of the routes above.
 pub fn openapi_document() -> serde_json::Value {
+    let body = |schema: serde_json::Value| json!({ "required": true, "content": { "application/json": { "schema": schema } } });
+    let ok = |what: &str| json!({ "description": what });
     let error = json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
     json!({
         "openapi": "3.1.0",
@@ -424,7 +465,7 @@ pub fn openapi_document() -> serde_json::Value {
                 "Error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "string" }, "message": { "type": "string" } } },
                 "Status": {
                     "type": "object",
-                    "required": ["account_id", "device_id", "display_name", "crl_number", "devices", "api", "pid"],
+                    "required": ["account_id", "device_id", "display_name", "crl_number", "devices", "api", "listen", "pid"],
                     "properties": {
                         "account_id": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
                         "device_id": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
@@ -433,7 +474,27 @@ pub fn openapi_document() -> serde_json::Value {
                         "devices": { "type": "array", "items": { "type": "object", "properties": {
                             "device_id": { "type": "string" }, "revoked": { "type": "boolean" }, "this_device": { "type": "boolean" } } } },
                         "api": { "type": "string", "format": "uri" },
+                        "listen": { "type": "string", "description": "QUIC address, host:port" },
                         "pid": { "type": "integer" }
+                    }
+                },
+                "Message": {
+                    "type": "object",
+                    "required": ["id", "author", "body", "timestamp"],
+                    "properties": {
+                        "id": { "type": "string", "pattern": "^[0-9a-f]{40}$" },
+                        "author": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
+                        "body": { "type": "string" },
+                        "timestamp": { "type": "integer", "description": "seconds since the Unix epoch" },
+                        "reply_to": { "type": "string", "pattern": "^[0-9a-f]{40}$" }
+                    }
+                },
+                "Member": {
+                    "type": "object",
+                    "required": ["account_id", "role"],
+                    "properties": {
+                        "account_id": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
+                        "role": { "type": "string", "enum": ["admin", "member", "invited"] }
                     }
                 }
             }
@@ -442,6 +503,36 @@ pub fn openapi_document() -> serde_json::Value {
         "paths": {
             "/v1/status": { "get": { "summary": "This node's account, device and addresses",
                 "responses": { "200": { "description": "status", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } }, "401": error } } },
+            "/v1/peers": { "post": { "summary": "Keep a connection to a device",
+                "requestBody": body(json!({ "type": "object", "required": ["peer"], "properties": { "peer": { "type": "string", "description": "ACCOUNT_ID@HOST:PORT" } } })),
+                "responses": { "200": ok("the peer"), "400": error, "401": error } } },
+            "/v1/swarms": {
+                "post": { "summary": "Create a conversation",
+                    "requestBody": body(json!({ "type": "object", "properties": { "title": { "type": "string" }, "mode": { "type": "string", "enum": ["one-to-one", "admin-invites-only", "invites-only", "public"] } } })),
+                    "responses": { "201": ok("{id}"), "400": error, "401": error } },
+                "get": { "summary": "List conversations", "responses": { "200": ok("[{id, head, members}]"), "401": error } } },
+            "/v1/invites": { "get": { "summary": "Invitations received and not yet accepted",
+                "responses": { "200": ok("[{conversation, title, from}]"), "401": error } } },
+            "/v1/swarms/{id}/invites": { "post": { "summary": "Invite an account",
+                "requestBody": body(json!({ "type": "object", "required": ["account_id"], "properties": { "account_id": { "type": "string" } } })),
+                "responses": { "200": ok("{invited}"), "400": error, "401": error, "404": error } } },
+            "/v1/swarms/{id}/join": { "post": { "summary": "Accept an invitation: clone from an inviting device, validate, join",
+                "responses": { "200": ok("{id}"), "401": error, "404": error, "409": error } } },
+            "/v1/swarms/{id}/remove": { "post": { "summary": "Remove a member or withdraw an invitation (admins)",
+                "requestBody": body(json!({ "type": "object", "required": ["account_id"], "properties": { "account_id": { "type": "string" } } })),
+                "responses": { "200": ok("{removed}"), "400": error, "401": error, "404": error } } },
+            "/v1/swarms/{id}/leave": { "post": { "summary": "Leave the conversation",
+                "responses": { "200": ok("{left}"), "400": error, "401": error, "404": error } } },
+            "/v1/swarms/{id}/messages": {
+                "post": { "summary": "Send a text message (durable when answered)",
+                    "requestBody": body(json!({ "type": "object", "required": ["text"], "properties": { "text": { "type": "string", "maxLength": 32768 }, "reply_to": { "type": "string" } } })),
+                    "responses": { "201": ok("{id}"), "400": error, "401": error, "404": error, "413": error } },
+                "get": { "summary": "Newest text messages first", "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }],
+                    "responses": { "200": { "description": "messages", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Message" } } } } }, "401": error, "404": error } } },
+            "/v1/swarms/{id}/members": { "get": { "summary": "Members, admins and invitees",
+                "responses": { "200": { "description": "members", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Member" } } } } }, "401": error, "404": error } } },
+            "/v1/swarms/{id}/allowed-signers": { "get": { "summary": "allowed-signers file for git verify-commit",
+                "responses": { "200": { "description": "text", "content": { "text/plain": {} } }, "401": error, "404": error } } },
             "/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI document" }, "401": error } } },
             "/metrics": { "get": { "summary": "Prometheus metrics (no token needed)", "security": [],
                 "responses": { "200": { "description": "Prometheus text format", "content": { "text/plain": {} } } } } }
@@ -504,6 +595,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route("/invites", web::get().to(invitations))
                 .route("/swarms/{id}/invites", web::post().to(invite))
                 .route("/swarms/{id}/join", web::post().to(join))
+                .route("/swarms/{id}/remove", web::post().to(remove))
+                .route("/swarms/{id}/leave", web::post().to(leave))
                 .route("/swarms/{id}/messages", web::post().to(send_message))
                 .route("/swarms/{id}/messages", web::get().to(messages))
                 .route("/swarms/{id}/members", web::get().to(members))

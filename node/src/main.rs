@@ -149,6 +149,18 @@ enum SwarmCommand {
         /// The account to invite.
         account_id: String,
     },
+    /// Remove a member or withdraw an invitation (admins).
+    Remove {
+        /// The conversation id.
+        conversation: String,
+        /// The account to remove.
+        account_id: String,
+    },
+    /// Leave a conversation.
+    Leave {
+        /// The conversation id.
+        conversation: String,
+    },
     /// List invitations received.
     Invites,
     /// Accept an invitation: fetch the conversation and join it.
@@ -283,6 +295,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 conversation,
                 account_id,
             } => swarm_commands::swarm_invite(&ctx, &conversation, &account_id),
+            SwarmCommand::Remove {
+                conversation,
+                account_id,
+            } => swarm_commands::swarm_remove(&ctx, &conversation, &account_id),
+            SwarmCommand::Leave { conversation } => {
+                swarm_commands::swarm_leave(&ctx, &conversation)
+            }
             SwarmCommand::Invites => swarm_commands::swarm_invites(&ctx),
             SwarmCommand::Join { conversation } => swarm_commands::swarm_join(&ctx, &conversation),
             SwarmCommand::Members { conversation } => {

@@ -68,6 +68,23 @@ pub fn swarm_invite(ctx: &Context, conversation: &str, account: &str) -> anyhow:
     Ok(())
 }
 
+/// `starling swarm remove CONV ACCOUNT_ID`.
+pub fn swarm_remove(ctx: &Context, conversation: &str, account: &str) -> anyhow::Result<()> {
+    let answer = client(ctx)?.post(
+        &format!("/v1/swarms/{conversation}/remove"),
+        json!({ "account_id": account }),
+    )?;
+    print(ctx, &answer, || format!("removed {account}"));
+    Ok(())
+}
+
+/// `starling swarm leave CONV`.
+pub fn swarm_leave(ctx: &Context, conversation: &str) -> anyhow::Result<()> {
+    let answer = client(ctx)?.post(&format!("/v1/swarms/{conversation}/leave"), json!({}))?;
+    print(ctx, &answer, || format!("left {conversation}"));
+    Ok(())
+}
+
 /// `starling swarm invites`.
 pub fn swarm_invites(ctx: &Context) -> anyhow::Result<()> {
     let answer = client(ctx)?.get("/v1/invites")?;

@@ -14,6 +14,11 @@ use starling_protocol::{AccountId, AccountIdentity, DeviceId};
 
 pub use swarms::{SwarmConfig, SwarmError};
 
+/// Messages the account's mailbox holds (API requests, incoming channels,
+/// frames, connection events); the transport's `try_send` refuses channels
+/// beyond it rather than queueing without bound.
+pub const ACCOUNT_MAILBOX_CAPACITY: usize = 1_024;
+
 /// One account, as this device holds it.
 pub struct Account {
     identity: AccountIdentity,
@@ -43,6 +48,7 @@ impl Actor for Account {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(ACCOUNT_MAILBOX_CAPACITY);
         if self.swarms.is_some() {
             swarms::start(self, ctx);
         }

@@ -932,6 +932,36 @@ impl Handler<Invite> for Account {
     }
 }
 
+/// Removes a member or withdraws an invitation (admins only), or, with
+/// `account` this account, leaves.
+#[derive(Message)]
+#[rtype(result = "Result<(), SwarmError>")]
+pub struct RemoveMember {
+    /// The conversation.
+    pub conversation: CommitId,
+    /// Whom to remove; `None` to leave.
+    pub account: Option<AccountId>,
+}
+
+impl Handler<RemoveMember> for Account {
+    type Result = ResponseActFuture<Self, Result<(), SwarmError>>;
+
+    fn handle(&mut self, msg: RemoveMember, _: &mut Self::Context) -> Self::Result {
+        let me = self.identity.account_id();
+        let kind = match msg.account {
+            Some(account) if account != me => BodyKind::Member {
+                action: MemberAction::Remove,
+                account,
+            },
+            _ => BodyKind::Member {
+                action: MemberAction::Leave,
+                account: me,
+            },
+        };
+        Box::pin(author_in(self, msg.conversation, kind).map(|r, _, _| r.map(|_| ())))
+    }
+}
+
 /// A pending invitation, as listed.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct InvitationInfo {
