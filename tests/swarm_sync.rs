@@ -422,3 +422,72 @@ fn three_daemons_sync_a_swarm_and_catch_up_after_downtime() {
         assert!(ok, "git verify-commit {commit}: {out}");
     }
 }
+
+/// Messages timed by the latency measurement.
+const LATENCY_MESSAGES: usize = 50;
+
+/// Two daemons: time from `POST …/messages` on alice answering to bob's API
+/// listing the message (polled every millisecond), over `LATENCY_MESSAGES`
+/// messages. Prints p50 and p99; fails only if a message never arrives.
+#[test]
+fn message_latency_between_two_daemons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut alice = Node::create(tmp.path(), "alice");
+    let mut bob = Node::create(tmp.path(), "bob");
+    let (a, b) = (alice.peer_addr(), bob.peer_addr());
+    alice.start(std::slice::from_ref(&b));
+    bob.start(std::slice::from_ref(&a));
+    let id = alice.cli(&["swarm", "create"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.cli(&["swarm", "invite", &id, &bob.account_id]);
+    wait_for("the invitation", || {
+        bob.cli(&["swarm", "invites"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["conversation"] == id.as_str())
+            .then_some(())
+    });
+    bob.cli(&["swarm", "join", &id]);
+    wait_for("alice to see bob join", || {
+        alice
+            .cli(&["swarm", "members", &id])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["role"] != "invited")
+            .then_some(())
+    });
+    let post = format!("/v1/swarms/{id}/messages");
+    let newest = format!("/v1/swarms/{id}/messages?limit=1");
+    let mut latencies = Vec::with_capacity(LATENCY_MESSAGES);
+    for i in 0..LATENCY_MESSAGES {
+        let body = serde_json::json!({ "text": format!("ping {i}") }).to_string();
+        let (code, answer) = alice.request("POST", &post, &alice.token, Some(&body));
+        assert_eq!(code, 201, "{answer}");
+        let sent = Instant::now();
+        let message: Value = serde_json::from_str(&answer).unwrap();
+        let deadline = sent + SYNC_DEADLINE;
+        loop {
+            let (code, list) = bob.request("GET", &newest, &bob.token, None);
+            assert_eq!(code, 200);
+            if list.contains(message["id"].as_str().unwrap()) {
+                latencies.push(sent.elapsed());
+                break;
+            }
+            assert!(Instant::now() < deadline, "message {i} never reached bob");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    eprintln!(
+        "latency alice API -> bob API over {} messages: p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        at(0.50),
+        at(0.99),
+        latencies[latencies.len() - 1]
+    );
+}
