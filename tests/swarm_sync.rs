@@ -397,11 +397,16 @@ fn three_daemons_sync_a_swarm_and_catch_up_after_downtime() {
     assert_eq!(carol.messages(&id), before);
 
     // Stock git on carol's replica.
+    let members_before = carol.cli(&["swarm", "members", &id]);
     carol.stop();
     let repo = carol.dir.join("swarms").join(format!("{id}.git"));
     let (ok, out) = git(&repo, &["fsck", "--strict", "--no-dangling"]);
     assert!(ok && !out.contains("warning"), "git fsck --strict: {out}");
-    carol.start(&[a.clone(), b.clone()]);
+    // Restart persistence: with no peers of her own, carol still lists
+    // the same messages and members (bob has nothing newer to give her).
+    carol.start(&[]);
+    assert_eq!(carol.messages(&id), before);
+    assert_eq!(carol.cli(&["swarm", "members", &id]), members_before);
     let signers = tmp.path().join("allowed_signers");
     carol.cli(&[
         "swarm",

@@ -325,7 +325,9 @@ pub(super) fn start(account: &mut Account, ctx: &mut Context<Account>) {
             continue;
         }
         let addr = sw.start_conversation(path.clone());
-        ctx.spawn(
+        // `wait`, not `spawn`: the account handles no request until its
+        // swarms are loaded, so a fresh daemon never answers 404 for one.
+        ctx.wait(
             addr.send(GetView)
                 .into_actor(account)
                 .map(move |result, act, _| match result {
@@ -1048,6 +1050,8 @@ impl Handler<Join> for Account {
                 sw.path_of(&conversation),
             ))
         });
+        // Only the request that marked the join as running may clear it.
+        let marked = prepared.is_ok();
         let clone = async move {
             let (transport, name, peer, dir, path) = prepared?;
             let tmp = dir.join(format!("{}.joining", conversation.to_hex()));
@@ -1125,7 +1129,9 @@ impl Handler<Join> for Account {
                             Ok(())
                         }
                         Err(e) => {
-                            sw.joining.remove(&conversation);
+                            if marked {
+                                sw.joining.remove(&conversation);
+                            }
                             Err(e)
                         }
                     }
