@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use prometheus::Registry;
 use starling_actors::account::channel_io::fetch_git;
-use starling_actors::account::swarms::{CreateSwarm, Invite, RemoveMember};
+use starling_actors::account::swarms::{CreateSwarm, Invite, ListSwarms, RemoveMember};
 use starling_actors::account::{Account, SwarmConfig};
 use starling_actors::conversation::store::{quarantine_ref, Store};
 use starling_actors::conversation::SwarmMetrics;
@@ -159,6 +159,27 @@ async fn outsiders_are_refused_until_invited() {
     let store = Store::adopt_quarantined(repo, id, &alice_device.to_hex(), now_secs).unwrap();
     assert_eq!(store.conversation(), id);
     assert_eq!(store.full_order().unwrap().len(), 2, "initial + invite");
+
+    // Hostile frames from an allowed device: an oversize length prefix,
+    // malformed JSON, a truncated frame. The account logs them and goes on.
+    for bytes in [
+        vec![0xff, 0xff, 0xff, 0xff, b'{'],
+        b"\x00\x00\x00\x05{\"ty".to_vec(),
+        b"\x00\x00\x00\x09{\"type\":1}".to_vec(),
+        b"\x00\x00".to_vec(),
+    ] {
+        let channel = mallory_transport
+            .send(open("swarm"))
+            .await
+            .unwrap()
+            .expect("an invited account may open swarm/<id>");
+        let (mut send, _recv) = channel.split();
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let swarms = account.send(ListSwarms).await.unwrap().unwrap();
+    assert_eq!(swarms.len(), 1, "the account still answers");
 
     account
         .send(RemoveMember {
