@@ -495,4 +495,31 @@ fn message_latency_between_two_daemons() {
         at(0.99),
         latencies[latencies.len() - 1]
     );
+
+    // Sustained writes into the swarm from one client, then how long bob
+    // takes to hold all of them.
+    let started = Instant::now();
+    let mut last = String::new();
+    for i in 0..THROUGHPUT_MESSAGES {
+        let body = serde_json::json!({ "text": format!("burst {i}") }).to_string();
+        let (code, answer) = alice.request("POST", &post, &alice.token, Some(&body));
+        assert_eq!(code, 201, "{answer}");
+        last = serde_json::from_str::<Value>(&answer).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let written = started.elapsed();
+    wait_for("bob to hold the burst", || {
+        let (_, list) = bob.request("GET", &newest, &bob.token, None);
+        list.contains(&last).then_some(())
+    });
+    eprintln!(
+        "{THROUGHPUT_MESSAGES} messages written at {:.0}/s (one client, sequential); bob held all {:?} after the first",
+        THROUGHPUT_MESSAGES as f64 / written.as_secs_f64(),
+        started.elapsed()
+    );
 }
+
+/// Messages written back to back for the throughput figure.
+const THROUGHPUT_MESSAGES: usize = 300;
