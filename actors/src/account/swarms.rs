@@ -392,7 +392,13 @@ fn start_fetch(
     let addr = entry.addr.clone();
     let path = entry.path.clone();
     let peer = start.peer;
-    let wanted = vec![start.head];
+    // Ask about every head still wanted, not only this one: a fetch of the
+    // newest head usually brings the older announced ones too, and knowing
+    // that spares a no-op fetch for each of them.
+    let mut wanted: Vec<CommitId> = entry.scheduler.wanted().copied().collect();
+    if !wanted.contains(&start.head) {
+        wanted.push(start.head);
+    }
     let began = Instant::now();
     let fetch = async move {
         let channel = transport
