@@ -273,7 +273,7 @@ pub(super) fn start(account: &mut Account, ctx: &mut Context<Account>) {
         account: account.identity.account_cert.clone(),
         crl: account.identity.crl.clone(),
     };
-    ctx.spawn(
+    ctx.wait(
         async move {
             for pattern in ["swarm/*", "git/*"] {
                 let pattern = ChannelPattern::new(pattern).expect("static pattern is valid");
@@ -297,8 +297,30 @@ pub(super) fn start(account: &mut Account, ctx: &mut Context<Account>) {
                 Ok(Err(e)) => tracing::error!(error = %e, "own CRL refused by the transport"),
                 Err(e) => tracing::error!(error = %e, "transport mailbox"),
             }
+            // Connections that came up before we subscribed.
+            transport
+                .send(crate::transport::Status)
+                .await
+                .map(|status| {
+                    status
+                        .connections
+                        .into_iter()
+                        .map(|c| c.peer)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
         }
-        .into_actor(account),
+        .into_actor(account)
+        // `wait`: no request (a static peer to dial, say) is handled before
+        // the account hears about connections.
+        .map(|already_up, act, _| {
+            if let Some(sw) = act.swarms.as_mut() {
+                for peer in already_up {
+                    sw.connected.insert(peer.device_id, peer);
+                }
+                sw.metrics.peers_connected.set(sw.connected.len() as i64);
+            }
+        }),
     );
     let entries = match std::fs::read_dir(&sw.dir) {
         Ok(entries) => entries,
