@@ -309,6 +309,9 @@ fn three_daemons_sync_a_swarm_and_catch_up_after_downtime() {
                 .any(|i| i["conversation"] == id.as_str())
                 .then_some(())
         });
+        let invites = invitee.cli(&["swarm", "invites"]);
+        assert_eq!(invites[0]["title"], "Flock");
+        assert_eq!(invites[0]["from"][0], alice.account_id.as_str());
         invitee.cli(&["swarm", "join", &id]);
     }
     let members = wait_for("alice to see both joins", || {
@@ -330,6 +333,9 @@ fn three_daemons_sync_a_swarm_and_catch_up_after_downtime() {
             .then_some(roles)
     });
     assert_eq!(members.len(), 3);
+    let listed = carol.cli(&["swarm", "list"]);
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["title"], "Flock");
     assert!(members.contains(&(alice.account_id.clone(), "admin".into())));
     assert!(members.contains(&(bob.account_id.clone(), "member".into())));
     assert!(members.contains(&(carol.account_id.clone(), "member".into())));

@@ -49,9 +49,10 @@ pub fn swarm_list(ctx: &Context) -> anyhow::Result<()> {
     print(ctx, &answer, || {
         lines(&answer, |s| {
             format!(
-                "{}  {} members",
+                "{}  {} members  {}",
                 s["id"].as_str().unwrap_or("?"),
-                s["members"]
+                s["members"],
+                s["title"].as_str().unwrap_or("")
             )
         })
     });

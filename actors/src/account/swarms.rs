@@ -35,7 +35,7 @@ use actix::prelude::*;
 use starling_protocol::channel::{ChannelName, ChannelPattern};
 use starling_protocol::fetch_schedule::{FetchScheduler, StartFetch};
 use starling_protocol::swarm::body::{BodyKind, MemberAction, Mode};
-use starling_protocol::swarm::gossip::SwarmFrame;
+use starling_protocol::swarm::gossip::{SwarmFrame, INVITE_TITLE_BYTES_MAX};
 use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::swarm::limits::TEXT_BYTES_MAX;
 use starling_protocol::{AccountId, AccountIdentity, DeviceId, VerifiedDevice};
@@ -237,13 +237,12 @@ impl Swarms {
             if only.is_some_and(|o| o != peer) || !entry.view.is_invited(&peer.account_id) {
                 continue;
             }
-            self.tell(
-                peer.device_id,
-                *conversation,
-                SwarmFrame::Invite {
-                    title: String::new(),
-                },
-            );
+            // The frame bounds its title; a longer one is cut at a char boundary.
+            let mut title = entry.view.title.clone().unwrap_or_default();
+            while title.len() > INVITE_TITLE_BYTES_MAX {
+                title.pop();
+            }
+            self.tell(peer.device_id, *conversation, SwarmFrame::Invite { title });
         }
     }
 }
@@ -749,6 +748,8 @@ pub struct SwarmSummary {
     pub head: CommitId,
     /// Members and admins.
     pub members: usize,
+    /// Its title.
+    pub title: Option<String>,
 }
 
 /// Lists the account's conversations.
@@ -773,6 +774,7 @@ impl Handler<ListSwarms> for Account {
                     .values()
                     .filter(|r| **r != Role::Invited)
                     .count(),
+                title: e.view.title.clone(),
             })
             .collect();
         list.sort_by_key(|s| s.id);

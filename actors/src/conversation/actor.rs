@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use starling_protocol::swarm::body::{Body, BodyKind, MemberAction};
 use starling_protocol::swarm::ids::CommitId;
+use starling_protocol::swarm::state::PROFILE_PATH;
 use starling_protocol::{AccountId, DeviceId};
 
 use super::metrics::SwarmMetrics;
@@ -57,6 +58,8 @@ pub struct SwarmView {
     pub members: BTreeMap<AccountId, Role>,
     /// Devices of current members (not banned): who may sync.
     pub member_devices: BTreeSet<DeviceId>,
+    /// The profile's title, if it has one.
+    pub title: Option<String>,
 }
 
 impl SwarmView {
@@ -195,11 +198,17 @@ fn view_of(store: &mut Store) -> Result<SwarmView, StoreError> {
             }
         }
     }
+    let title = state
+        .files()
+        .get(PROFILE_PATH)
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).ok())
+        .and_then(|profile| profile["title"].as_str().map(str::to_owned));
     Ok(SwarmView {
         id: store.conversation(),
         head: store.head()?,
         members,
         member_devices,
+        title,
     })
 }
 
