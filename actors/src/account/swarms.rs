@@ -56,6 +56,9 @@ use crate::transport::{
 
 /// How often heads are exchanged with every connected member device.
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest one fetch (channel open, pack, validation, merge) may take
+/// before it counts as failed and another announcer is tried.
+pub const FETCH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pending invitations kept; further ones are dropped and counted.
 pub const INVITATIONS_MAX: usize = 256;
 /// Conversations one account holds.
@@ -201,10 +204,10 @@ impl Swarms {
             match transport.send(OpenChannel { peer, name }).await {
                 Ok(Ok(channel)) => {
                     if let Err(e) = send_frame(channel, &frame).await {
-                        tracing::debug!(%peer, error = %e, "swarm frame not delivered");
+                        tracing::info!(%peer, error = %e, "swarm frame not delivered");
                     }
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "swarm channel not opened"),
+                Ok(Err(e)) => tracing::info!(%peer, error = %e, "swarm channel not opened"),
                 Err(e) => tracing::warn!(error = %e, "transport mailbox"),
             }
         });
@@ -421,6 +424,7 @@ fn start_fetch(
         wanted.push(start.head);
     }
     let began = Instant::now();
+    tracing::info!(%peer, %conversation, head = %start.head, "fetching");
     let fetch = async move {
         let channel = transport
             .send(OpenChannel { peer, name })
@@ -434,6 +438,13 @@ fn start_fetch(
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
+    };
+    // Bounded: a fetch stuck on a dead stream must not hold the peer's slot
+    // in the scheduler until its much longer timeout.
+    let fetch = async move {
+        tokio::time::timeout(FETCH_ATTEMPT_TIMEOUT, fetch)
+            .await
+            .unwrap_or_else(|_| Err(format!("no result within {FETCH_ATTEMPT_TIMEOUT:?}")))
     };
     ctx.spawn(
         fetch
@@ -465,6 +476,7 @@ fn fetch_done(
     let (starts, moved) = match result {
         Ok(received) => {
             sw.metrics.fetched("ok");
+            tracing::info!(%peer, %conversation, accepted = received.report.accepted, head = %received.view.head, "fetched");
             if !received.report.rejected.is_empty() {
                 tracing::warn!(%peer, %conversation, rejected = received.report.rejected.len(), "fetched commits rejected");
             }
@@ -478,7 +490,7 @@ fn fetch_done(
         }
         Err(e) => {
             sw.metrics.fetched("failed");
-            tracing::debug!(%peer, %conversation, error = %e, "fetch failed");
+            tracing::info!(%peer, %conversation, error = %e, "fetch failed");
             (
                 entry.scheduler.fetch_finished(&peer, false, |_| false, now),
                 false,
@@ -547,7 +559,7 @@ impl Handler<IncomingChannel> for Account {
                         }
                     };
                     if let Err(e) = served {
-                        tracing::debug!(peer = %peer.device_id, error = %e, "upload-pack session failed");
+                        tracing::info!(peer = %peer.device_id, error = %e, "upload-pack session failed");
                     }
                 });
             }
