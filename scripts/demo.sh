@@ -2,15 +2,30 @@
 # The main job, locally: creates accounts in a temporary directory, shows their
 # identities and certificate chains, has stock OpenSSL check them, moves one
 # account to a second device through an encrypted archive and revokes the
-# first device. Later issues turn this into live nodes chatting in a swarm.
+# first device. Then three live daemons (alice, bob, carol) on loopback chat
+# in a swarm: alice creates it and invites the others over QUIC, they join,
+# everyone writes, and each node prints the conversation as it sees it.
+#
+# Usage: bash scripts/demo.sh [--once]
+#   --once   exit after printing (the default when stdin is not a terminal);
+#            otherwise the daemons keep running until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+once=0
+[ "${1:-}" = "--once" ] && once=1
+[ -t 0 ] || once=1
 bash scripts/install-deps.sh
 cargo build --quiet -p starling-node --bin starling
 starling="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/starling"
 
 demo="$(mktemp -d -t starling-demo.XXXXXX)"
-trap 'rm -rf "$demo"' EXIT
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$demo"
+}
+trap cleanup EXIT
 export STARLING_PASSWORD="demo password, never do this for real"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -46,5 +61,71 @@ if openssl verify -crl_check -CRLfile "$demo/laptop-certs/crl.pem" -CAfile "$dem
   "$demo/alice-phone-certs/device.crt.pem" 2>&1; then
   echo "unexpected: the revoked phone still verifies" >&2; exit 1
 fi
-echo
-echo "demo done (data was in $demo, now removed)"
+
+# ---- live nodes ----
+st() { "$starling" --data-dir "$demo/$1" "${@:2}"; }
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
+# Polls "$@" until it succeeds, for at most 30 seconds.
+wait_until() {
+  for _ in $(seq 300); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "timed out waiting for: $*" >&2; exit 1
+}
+
+step "Three live daemons on loopback: alice, bob, carol"
+for who in alice bob carol; do
+  [ -d "$demo/$who" ] || st "$who" account create --display-name "$who" >/dev/null
+  "$starling" --data-dir "$demo/$who" up --api 127.0.0.1:0 --listen 127.0.0.1:0 \
+    >/dev/null 2>"$demo/$who.log" &
+  pids+=($!)
+done
+for who in alice bob carol; do
+  wait_until test -f "$demo/$who/run.json"
+  wait_until st "$who" status
+done
+declare -A account listen
+for who in alice bob carol; do
+  account[$who]=$(st "$who" --json status | field account_id)
+  listen[$who]=$(st "$who" --json status | field listen)
+  echo "  $who: API $(st "$who" --json status | field api), QUIC ${listen[$who]}"
+done
+for who in alice bob carol; do
+  for other in alice bob carol; do
+    [ "$who" = "$other" ] || st "$who" peer add "${account[$other]}@${listen[$other]}" >/dev/null
+  done
+done
+
+step "Alice creates a swarm and invites Bob and Carol; they join over QUIC"
+conv=$(st alice --json swarm create --title "Flock" | field id)
+echo "  conversation $conv"
+st alice swarm invite "$conv" "${account[bob]}"
+st alice swarm invite "$conv" "${account[carol]}"
+invited() { st "$1" --json swarm invites | grep -q "$conv"; }
+for who in bob carol; do
+  wait_until invited "$who"
+  st "$who" swarm join "$conv"
+done
+
+step "Everyone writes"
+st alice send "$conv" "Hello, flock!" >/dev/null
+st bob send "$conv" "Hi Alice: this message is a signed Git commit." >/dev/null
+st carol send "$conv" "And it reached you over QUIC, peer to peer." >/dev/null
+count() { [ "$(st "$1" --json messages "$conv" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 3 ]; }
+for who in alice bob carol; do wait_until count "$who"; done
+
+for who in alice bob carol; do
+  step "The conversation as $who sees it"
+  st "$who" messages "$conv"
+  st "$who" swarm members "$conv"
+done
+
+if [ "$once" = 1 ]; then
+  echo
+  echo "demo done (data was in $demo, now removed)"
+else
+  echo
+  echo "The daemons keep running (APIs above; data in $demo). Ctrl-C stops them."
+  wait
+fi

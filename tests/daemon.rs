@@ -34,7 +34,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_starling"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["up", "--api", "127.0.0.1:0"])
+            .args(["up", "--api", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
             .env_remove("STARLING_API")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -184,7 +184,10 @@ fn daemon_serves_its_identity_guards_the_api_and_stops_cleanly() {
     );
 
     // One daemon per data dir.
-    let second = starling(&dir, &["up", "--api", "127.0.0.1:0"]);
+    let second = starling(
+        &dir,
+        &["up", "--api", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+    );
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already runs"));
 
@@ -199,7 +202,10 @@ fn daemon_serves_its_identity_guards_the_api_and_stops_cleanly() {
 #[test]
 fn daemon_refuses_to_start_without_an_account_or_with_a_bad_config() {
     let tmp = tempfile::tempdir().unwrap();
-    let empty = starling(&tmp.path().join("empty"), &["up", "--api", "127.0.0.1:0"]);
+    let empty = starling(
+        &tmp.path().join("empty"),
+        &["up", "--api", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+    );
     assert!(!empty.status.success());
     assert!(String::from_utf8_lossy(&empty.stderr).contains("no account"));
 

@@ -280,7 +280,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_starling"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["up", "--api", "127.0.0.1:0"])
+            .args(["up", "--api", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
             .env_remove("STARLING_API")
             .env_remove("STARLING_DATA_DIR")
             .stdout(Stdio::null())

@@ -13,7 +13,17 @@ use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 use serde_json::json;
-use starling_actors::account::{Account, AccountStatus, GetStatus};
+use starling_actors::account::swarms::{
+    AddPeer, CreateSwarm, ExportAllowedSigners, Invite, Join, ListInvitations, ListSwarms, Members,
+    Messages, RemoveMember, SendText,
+};
+use starling_actors::account::{Account, AccountStatus, GetStatus, SwarmError};
+use starling_protocol::swarm::body::Mode;
+use starling_protocol::swarm::ids::CommitId;
+use starling_protocol::swarm::limits::PAGE_MESSAGES_MAX;
+use starling_protocol::AccountId;
+
+use crate::config::PeerAddr;
 
 /// Largest JSON body the API accepts.
 pub const REQUEST_BODY_BYTES_MAX: usize = 256 * 1024;
@@ -32,6 +42,8 @@ pub struct ApiState {
 pub struct NodeFacts {
     /// Base URL of this API.
     pub api: String,
+    /// QUIC address (host:port).
+    pub listen: String,
     /// Process id.
     pub pid: u32,
 }
@@ -47,6 +59,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("request body is larger than {REQUEST_BODY_BYTES_MAX} bytes")]
     PayloadTooLarge,
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -57,7 +73,8 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
-            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::PayloadTooLarge | ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -69,7 +86,8 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge | ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,6 +124,283 @@ impl FromRequest for Authorized {
             },
         )
     }
+}
+
+impl From<SwarmError> for ApiError {
+    fn from(e: SwarmError) -> Self {
+        match e {
+            SwarmError::NotFound(_) | SwarmError::NotInvited(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            SwarmError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+            SwarmError::Refused(_) => ApiError::BadRequest(e.to_string()),
+            SwarmError::InviterOffline(_)
+            | SwarmError::AlreadyMember(_)
+            | SwarmError::TooManyConversations => ApiError::Conflict(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn actor_gone(e: actix::MailboxError) -> ApiError {
+    ApiError::Internal(format!("account actor: {e}"))
+}
+
+fn conversation_id(text: &str) -> Result<CommitId, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::BadRequest(format!("conversation id: {e}")))
+}
+
+/// `POST /v1/peers` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerRequest {
+    /// `ACCOUNT_ID@HOST:PORT`.
+    peer: String,
+}
+
+async fn add_peer(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    body: web::Json<PeerRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let peer: PeerAddr = body
+        .peer
+        .parse()
+        .map_err(|e: anyhow::Error| ApiError::BadRequest(format!("{e:#}")))?;
+    state
+        .account
+        .send(AddPeer {
+            addr: peer.addr,
+            account: peer.account,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(json!({ "peer": peer.to_string() })))
+}
+
+/// `POST /v1/swarms` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    title: Option<String>,
+    mode: Option<String>,
+}
+
+async fn create_swarm(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    body: web::Json<CreateRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let mode = match body.mode.as_deref() {
+        None => Mode::InvitesOnly,
+        Some(text) => Mode::parse(text).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "mode {text:?} is not one of one-to-one, admin-invites-only, invites-only, public"
+            ))
+        })?,
+    };
+    let id = state
+        .account
+        .send(CreateSwarm {
+            mode,
+            title: body.title,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Created().json(json!({ "id": id.to_hex() })))
+}
+
+async fn list_swarms(_: Authorized, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let list = state.account.send(ListSwarms).await.map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// `POST /v1/swarms/{id}/invites` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteRequest {
+    account_id: String,
+}
+
+async fn invite(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<InviteRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let account: AccountId = body
+        .account_id
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("account id: {e}")))?;
+    state
+        .account
+        .send(Invite {
+            conversation,
+            account,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(json!({ "invited": account })))
+}
+
+async fn remove(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<InviteRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let account: AccountId = body
+        .account_id
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("account id: {e}")))?;
+    state
+        .account
+        .send(RemoveMember {
+            conversation,
+            account: Some(account),
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(json!({ "removed": account })))
+}
+
+async fn leave(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    state
+        .account
+        .send(RemoveMember {
+            conversation,
+            account: None,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(json!({ "left": conversation.to_hex() })))
+}
+
+async fn invitations(_: Authorized, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let list = state
+        .account
+        .send(ListInvitations)
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn join(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    state
+        .account
+        .send(Join { conversation })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(json!({ "id": conversation.to_hex() })))
+}
+
+/// `POST /v1/swarms/{id}/messages` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendRequest {
+    text: String,
+    reply_to: Option<String>,
+}
+
+async fn send_message(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<SendRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let body = body.into_inner();
+    let reply_to = match body.reply_to {
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e| ApiError::BadRequest(format!("reply_to: {e}")))?,
+        ),
+        None => None,
+    };
+    let id = state
+        .account
+        .send(SendText {
+            conversation,
+            text: body.text,
+            reply_to,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Created().json(json!({ "id": id.to_hex() })))
+}
+
+/// `GET /v1/swarms/{id}/messages` query.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagesQuery {
+    limit: Option<usize>,
+}
+
+/// Messages listed when the request names no limit.
+const MESSAGES_DEFAULT_LIMIT: usize = 100;
+
+async fn messages(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    query: web::Query<MessagesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let limit = query
+        .limit
+        .unwrap_or(MESSAGES_DEFAULT_LIMIT)
+        .min(PAGE_MESSAGES_MAX);
+    let list = state
+        .account
+        .send(Messages {
+            conversation,
+            limit,
+        })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn members(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let list = state
+        .account
+        .send(Members { conversation })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn allowed_signers(
+    _: Authorized,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = conversation_id(&path)?;
+    let text = state
+        .account
+        .send(ExportAllowedSigners { conversation })
+        .await
+        .map_err(actor_gone)??;
+    Ok(HttpResponse::Ok().content_type("text/plain").body(text))
 }
 
 /// Compares without an early exit, so timing does not reveal a prefix match.
@@ -158,6 +453,8 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 /// The OpenAPI 3.1 description of the routes above.
 pub fn openapi_document() -> serde_json::Value {
+    let body = |schema: serde_json::Value| json!({ "required": true, "content": { "application/json": { "schema": schema } } });
+    let ok = |what: &str| json!({ "description": what });
     let error = json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
     json!({
         "openapi": "3.1.0",
@@ -168,7 +465,7 @@ pub fn openapi_document() -> serde_json::Value {
                 "Error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "string" }, "message": { "type": "string" } } },
                 "Status": {
                     "type": "object",
-                    "required": ["account_id", "device_id", "display_name", "crl_number", "devices", "api", "pid"],
+                    "required": ["account_id", "device_id", "display_name", "crl_number", "devices", "api", "listen", "pid"],
                     "properties": {
                         "account_id": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
                         "device_id": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
@@ -177,7 +474,27 @@ pub fn openapi_document() -> serde_json::Value {
                         "devices": { "type": "array", "items": { "type": "object", "properties": {
                             "device_id": { "type": "string" }, "revoked": { "type": "boolean" }, "this_device": { "type": "boolean" } } } },
                         "api": { "type": "string", "format": "uri" },
+                        "listen": { "type": "string", "description": "QUIC address, host:port" },
                         "pid": { "type": "integer" }
+                    }
+                },
+                "Message": {
+                    "type": "object",
+                    "required": ["id", "author", "body", "timestamp"],
+                    "properties": {
+                        "id": { "type": "string", "pattern": "^[0-9a-f]{40}$" },
+                        "author": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
+                        "body": { "type": "string" },
+                        "timestamp": { "type": "integer", "description": "seconds since the Unix epoch" },
+                        "reply_to": { "type": "string", "pattern": "^[0-9a-f]{40}$" }
+                    }
+                },
+                "Member": {
+                    "type": "object",
+                    "required": ["account_id", "role"],
+                    "properties": {
+                        "account_id": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
+                        "role": { "type": "string", "enum": ["admin", "member", "invited"] }
                     }
                 }
             }
@@ -186,6 +503,36 @@ pub fn openapi_document() -> serde_json::Value {
         "paths": {
             "/v1/status": { "get": { "summary": "This node's account, device and addresses",
                 "responses": { "200": { "description": "status", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Status" } } } }, "401": error } } },
+            "/v1/peers": { "post": { "summary": "Keep a connection to a device",
+                "requestBody": body(json!({ "type": "object", "required": ["peer"], "properties": { "peer": { "type": "string", "description": "ACCOUNT_ID@HOST:PORT" } } })),
+                "responses": { "200": ok("the peer"), "400": error, "401": error } } },
+            "/v1/swarms": {
+                "post": { "summary": "Create a conversation",
+                    "requestBody": body(json!({ "type": "object", "properties": { "title": { "type": "string" }, "mode": { "type": "string", "enum": ["one-to-one", "admin-invites-only", "invites-only", "public"] } } })),
+                    "responses": { "201": ok("{id}"), "400": error, "401": error } },
+                "get": { "summary": "List conversations", "responses": { "200": ok("[{id, head, members}]"), "401": error } } },
+            "/v1/invites": { "get": { "summary": "Invitations received and not yet accepted",
+                "responses": { "200": ok("[{conversation, title, from}]"), "401": error } } },
+            "/v1/swarms/{id}/invites": { "post": { "summary": "Invite an account",
+                "requestBody": body(json!({ "type": "object", "required": ["account_id"], "properties": { "account_id": { "type": "string" } } })),
+                "responses": { "200": ok("{invited}"), "400": error, "401": error, "404": error } } },
+            "/v1/swarms/{id}/join": { "post": { "summary": "Accept an invitation: clone from an inviting device, validate, join",
+                "responses": { "200": ok("{id}"), "401": error, "404": error, "409": error } } },
+            "/v1/swarms/{id}/remove": { "post": { "summary": "Remove a member or withdraw an invitation (admins)",
+                "requestBody": body(json!({ "type": "object", "required": ["account_id"], "properties": { "account_id": { "type": "string" } } })),
+                "responses": { "200": ok("{removed}"), "400": error, "401": error, "404": error } } },
+            "/v1/swarms/{id}/leave": { "post": { "summary": "Leave the conversation",
+                "responses": { "200": ok("{left}"), "400": error, "401": error, "404": error } } },
+            "/v1/swarms/{id}/messages": {
+                "post": { "summary": "Send a text message (durable when answered)",
+                    "requestBody": body(json!({ "type": "object", "required": ["text"], "properties": { "text": { "type": "string", "maxLength": 32768 }, "reply_to": { "type": "string" } } })),
+                    "responses": { "201": ok("{id}"), "400": error, "401": error, "404": error, "413": error } },
+                "get": { "summary": "Newest text messages first", "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }],
+                    "responses": { "200": { "description": "messages", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Message" } } } } }, "401": error, "404": error } } },
+            "/v1/swarms/{id}/members": { "get": { "summary": "Members, admins and invitees",
+                "responses": { "200": { "description": "members", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Member" } } } } }, "401": error, "404": error } } },
+            "/v1/swarms/{id}/allowed-signers": { "get": { "summary": "allowed-signers file for git verify-commit",
+                "responses": { "200": { "description": "text", "content": { "text/plain": {} } }, "401": error, "404": error } } },
             "/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI document" }, "401": error } } },
             "/metrics": { "get": { "summary": "Prometheus metrics (no token needed)", "security": [],
                 "responses": { "200": { "description": "Prometheus text format", "content": { "text/plain": {} } } } } }
@@ -233,12 +580,30 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 other => ApiError::BadRequest(other.to_string()).into(),
             }
         });
+    let query_errors = web::QueryConfig::default()
+        .error_handler(|error, _| ApiError::BadRequest(error.to_string()).into());
     config
         .app_data(json_errors)
+        .app_data(query_errors)
         .route("/metrics", web::get().to(metrics))
         .service(
             web::scope("/v1")
                 .route("/status", web::get().to(status))
+                .route("/peers", web::post().to(add_peer))
+                .route("/swarms", web::post().to(create_swarm))
+                .route("/swarms", web::get().to(list_swarms))
+                .route("/invites", web::get().to(invitations))
+                .route("/swarms/{id}/invites", web::post().to(invite))
+                .route("/swarms/{id}/join", web::post().to(join))
+                .route("/swarms/{id}/remove", web::post().to(remove))
+                .route("/swarms/{id}/leave", web::post().to(leave))
+                .route("/swarms/{id}/messages", web::post().to(send_message))
+                .route("/swarms/{id}/messages", web::get().to(messages))
+                .route("/swarms/{id}/members", web::get().to(members))
+                .route(
+                    "/swarms/{id}/allowed-signers",
+                    web::get().to(allowed_signers),
+                )
                 .route("/openapi.json", web::get().to(|_: Authorized| openapi())),
         )
         .default_service(web::to(not_found));

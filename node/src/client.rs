@@ -41,15 +41,42 @@ impl ApiClient {
 
     /// `GET path`, returning the JSON body; API errors become their message.
     pub fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.call("GET", path, None)?
+            .into_json()
+            .with_context(|| format!("reading the answer to GET {path}"))
+    }
+
+    /// `GET path`, returning the body as text.
+    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        self.call("GET", path, None)?
+            .into_string()
+            .with_context(|| format!("reading the answer to GET {path}"))
+    }
+
+    /// `POST path` with a JSON body, returning the JSON answer.
+    pub fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        self.call("POST", path, Some(body))?
+            .into_json()
+            .with_context(|| format!("reading the answer to POST {path}"))
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<ureq::Response> {
         let url = format!("{}{path}", self.base);
         let request = self
             .agent
-            .get(&url)
+            .request(method, &url)
             .set("Authorization", &format!("Bearer {}", self.token));
-        match request.call() {
-            Ok(response) => response
-                .into_json()
-                .with_context(|| format!("reading the answer to GET {path}")),
+        let result = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        match result {
+            Ok(response) => Ok(response),
             Err(ureq::Error::Status(code, response)) => {
                 let body: serde_json::Value = response.into_json().unwrap_or_default();
                 let message = body["message"].as_str().unwrap_or("no message");

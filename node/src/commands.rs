@@ -273,11 +273,12 @@ pub fn status(ctx: &Context) -> anyhow::Result<()> {
     let status = client.get("/v1/status")?;
     ctx.print(status.clone(), || {
         format!(
-            "account       {}\ndisplay name  {}\nthis device   {}\napi           {}\npid           {}",
+            "account       {}\ndisplay name  {}\nthis device   {}\napi           {}\nlisten        {}\npid           {}",
             status["account_id"].as_str().unwrap_or("?"),
             status["display_name"].as_str().unwrap_or("?"),
             status["device_id"].as_str().unwrap_or("?"),
             status["api"].as_str().unwrap_or("?"),
+            status["listen"].as_str().unwrap_or("?"),
             status["pid"],
         )
     });

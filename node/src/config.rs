@@ -6,10 +6,13 @@
 //!
 //! ```toml
 //! api = "127.0.0.1:7421"    # TCP address of the local HTTP API; port 0 picks one
+//! listen = "0.0.0.0:7420"   # UDP address of QUIC; port 0 picks one
+//! peers = ["<account id>@127.0.0.1:7520"]   # devices to keep connections to
 //! ```
 //!
-//! Environment: `STARLING_API`. The QUIC listen address and static peers join
-//! this file when the transport is wired into the daemon.
+//! Environment: `STARLING_API`, `STARLING_LISTEN`, `STARLING_PEERS` (peers
+//! separated by commas). A peer names the account its device must prove:
+//! the transport authenticates the peer's certificate chain against it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,6 +21,10 @@ use anyhow::Context as _;
 
 /// Default TCP port for the local API.
 pub const DEFAULT_API_PORT: u16 = 7421;
+/// Default UDP port for QUIC.
+pub const DEFAULT_LISTEN_PORT: u16 = 7420;
+/// Most static peers a config may list.
+pub const PEERS_MAX: usize = 256;
 /// Largest config file we read.
 const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
 
@@ -26,14 +33,61 @@ const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
 pub struct Config {
     /// TCP address the local API binds (loopback by default: it is a local API).
     pub api: SocketAddr,
+    /// UDP address the QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// Devices to keep connections to.
+    pub peers: Vec<PeerAddr>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             api: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_LISTEN_PORT)),
+            peers: Vec::new(),
         }
     }
+}
+
+/// A static peer: `ACCOUNT_ID@HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// The account the device must prove.
+    pub account: starling_protocol::AccountId,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for PeerAddr {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        let (account, addr) = text
+            .split_once('@')
+            .with_context(|| format!("peer {text:?} is not ACCOUNT_ID@HOST:PORT"))?;
+        let account = account
+            .parse()
+            .with_context(|| format!("peer {text:?}: bad account id"))?;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .with_context(|| format!("peer {text:?}: bad address"))?
+            .next()
+            .with_context(|| format!("peer {text:?}: address resolves to nothing"))?;
+        Ok(Self { account, addr })
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.account, self.addr)
+    }
+}
+
+fn parse_peers(texts: &[String]) -> anyhow::Result<Vec<PeerAddr>> {
+    anyhow::ensure!(
+        texts.len() <= PEERS_MAX,
+        "{} peers listed; the limit is {PEERS_MAX}",
+        texts.len()
+    );
+    texts.iter().map(|t| t.trim().parse()).collect()
 }
 
 /// The file's shape: every key optional, unknown keys refused (a typo should
@@ -42,12 +96,15 @@ impl Default for Config {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     api: Option<SocketAddr>,
+    listen: Option<SocketAddr>,
+    peers: Option<Vec<String>>,
 }
 
 /// Overrides from the command line.
 #[derive(Debug, Default)]
 pub struct Overrides {
     pub api: Option<SocketAddr>,
+    pub listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -73,13 +130,31 @@ impl Config {
             let parsed: ConfigFile =
                 toml::from_str(&text).with_context(|| format!("config {}", file.display()))?;
             config.api = parsed.api.unwrap_or(config.api);
+            config.listen = parsed.listen.unwrap_or(config.listen);
+            if let Some(peers) = parsed.peers {
+                config.peers = parse_peers(&peers)?;
+            }
         }
         if let Some(api) = env("STARLING_API") {
             config.api = api
                 .parse()
                 .with_context(|| format!("STARLING_API={api:?} is not host:port"))?;
         }
+        if let Some(listen) = env("STARLING_LISTEN") {
+            config.listen = listen
+                .parse()
+                .with_context(|| format!("STARLING_LISTEN={listen:?} is not host:port"))?;
+        }
+        if let Some(peers) = env("STARLING_PEERS") {
+            let list: Vec<String> = peers
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(str::to_owned)
+                .collect();
+            config.peers = parse_peers(&list)?;
+        }
         config.api = flags.api.unwrap_or(config.api);
+        config.listen = flags.listen.unwrap_or(config.listen);
         Ok(config)
     }
 }
@@ -115,11 +190,52 @@ mod tests {
         );
         let flags = Overrides {
             api: Some("127.0.0.1:0".parse().unwrap()),
+            listen: None,
         };
         assert_eq!(
             Config::load(&file, false, env, flags).unwrap().api.port(),
             0
         );
+    }
+
+    #[test]
+    fn listen_and_peers_layer_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("starling.toml");
+        let account = "ab".repeat(32);
+        std::fs::write(
+            &file,
+            format!("listen = \"127.0.0.1:9400\"\npeers = [\"{account}@127.0.0.1:9401\"]\n"),
+        )
+        .unwrap();
+        let config = Config::load(&file, false, no_env, Overrides::default()).unwrap();
+        assert_eq!(config.listen.port(), 9400);
+        assert_eq!(config.peers.len(), 1);
+        assert_eq!(config.peers[0].addr.port(), 9401);
+        assert_eq!(
+            config.peers[0].to_string(),
+            format!("{account}@127.0.0.1:9401")
+        );
+        let env = |key: &str| match key {
+            "STARLING_LISTEN" => Some("127.0.0.1:9500".to_owned()),
+            "STARLING_PEERS" => Some(String::new()),
+            _ => None,
+        };
+        let config = Config::load(&file, false, env, Overrides::default()).unwrap();
+        assert_eq!((config.listen.port(), config.peers.len()), (9500, 0));
+        let flags = Overrides {
+            api: None,
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+        };
+        assert_eq!(
+            Config::load(&file, false, env, flags)
+                .unwrap()
+                .listen
+                .port(),
+            0
+        );
+        std::fs::write(&file, "peers = [\"nobody@127.0.0.1:1\"]\n").unwrap();
+        assert!(Config::load(&file, false, no_env, Overrides::default()).is_err());
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! `starling up`: the daemon's start-up and shutdown.
 //!
 //! Start-up order: take the data dir's lock (one daemon per data dir), load
-//! and verify the identity, start the actors, bind the API, then publish how
-//! to reach it: a fresh bearer token in `DATA_DIR/api.token` (0600) and the
-//! bound addresses in `DATA_DIR/run.json`. Shutdown (SIGINT/SIGTERM) stops the
-//! API gracefully, stops the actors and removes `run.json`.
+//! and verify the identity, bind the QUIC socket and start the transport, the
+//! account (which loads the swarms under `DATA_DIR/swarms/` and registers its
+//! channels) and the static peers, bind the API, then publish how to reach
+//! it: a fresh bearer token in `DATA_DIR/api.token` (0600) and the bound
+//! addresses in `DATA_DIR/run.json`. Shutdown (SIGINT/SIGTERM) stops the API
+//! gracefully, closes the transport, and removes `run.json`. Conversation
+//! actors finish the message they are handling (each commit is written
+//! before its ref moves, so a repository is consistent at any instant).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -17,7 +21,12 @@ use actix_web::dev::Service;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use rand_core::RngCore;
-use starling_actors::account::Account;
+use starling_actors::account::swarms::AddPeer;
+use starling_actors::account::{Account, SwarmConfig};
+use starling_actors::conversation::SwarmMetrics;
+use starling_actors::transport::{
+    udp_socket, LocalIdentity, Transport, TransportConfig, TransportLimits,
+};
 
 use crate::api::{self, ApiMetrics, ApiState, NodeFacts};
 use crate::config::Config;
@@ -28,6 +37,8 @@ pub const RUN_FILE: &str = "run.json";
 /// File holding the API bearer token.
 pub const TOKEN_FILE: &str = "api.token";
 const LOCK_FILE: &str = "daemon.lock";
+/// Folder of the swarm repositories, under the data dir.
+pub const SWARMS_DIR: &str = "swarms";
 /// How long in-flight API requests get to finish at shutdown.
 const SHUTDOWN_GRACE_SECONDS: u64 = 10;
 
@@ -38,6 +49,9 @@ pub struct RunInfo {
     pub pid: u32,
     /// Base URL of the local API.
     pub api: String,
+    /// QUIC address (host:port).
+    #[serde(default)]
+    pub listen: String,
 }
 
 /// Holds the data dir's lock for as long as it lives (the OS drops it with the process).
@@ -88,13 +102,46 @@ pub fn up(root: PathBuf, config: Config) -> anyhow::Result<()> {
     let result = system.block_on(async move {
         let registry = prometheus::Registry::new();
         let api_metrics = ApiMetrics::register(&registry)?;
-        let account = Account::new(identity).start();
+        let socket = udp_socket(config.listen)
+            .with_context(|| format!("binding QUIC to {}", config.listen))?;
+        let listen = socket.local_addr()?;
+        let local = LocalIdentity::new(
+            identity.device_key.clone(),
+            identity.device_cert.clone(),
+            identity.account_cert.clone(),
+        )?;
+        let mut seed = [0u8; 8];
+        rand_core::OsRng.fill_bytes(&mut seed);
+        let transport = Transport::new(TransportConfig {
+            identity: local,
+            socket,
+            registry: registry.clone(),
+            limits: TransportLimits::default(),
+            revocations: vec![(identity.account_cert.clone(), identity.crl.clone())],
+            rng_seed: u64::from_le_bytes(seed),
+        })?
+        .start();
+        let swarm_config = SwarmConfig {
+            transport: transport.clone(),
+            dir: root.join(SWARMS_DIR),
+            metrics: SwarmMetrics::register(&registry)?,
+        };
+        let account = Account::with_swarms(identity, swarm_config)?.start();
+        for peer in &config.peers {
+            account
+                .send(AddPeer {
+                    addr: peer.addr,
+                    account: peer.account,
+                })
+                .await??;
+        }
         let mut state = ApiState {
             account,
             token,
             registry,
             node: NodeFacts {
                 api: String::new(),
+                listen: listen.to_string(),
                 pid: std::process::id(),
             },
         };
@@ -106,6 +153,7 @@ pub fn up(root: PathBuf, config: Config) -> anyhow::Result<()> {
         let run_info = RunInfo {
             pid: std::process::id(),
             api: state.node.api.clone(),
+            listen: state.node.listen.clone(),
         };
         let state = web::Data::new(state);
         let server = HttpServer::new(move || {
@@ -136,9 +184,15 @@ pub fn up(root: PathBuf, config: Config) -> anyhow::Result<()> {
             &serde_json::to_vec_pretty(&run_info)?,
             0o644,
         )?;
-        tracing::info!(api = %run_info.api, pid = run_info.pid, "daemon up");
-        eprintln!("starling daemon up: API {}", run_info.api);
+        tracing::info!(api = %run_info.api, listen = %run_info.listen, pid = run_info.pid, "daemon up");
+        eprintln!(
+            "starling daemon up: API {}, QUIC {}",
+            run_info.api, run_info.listen
+        );
         let served = server.await;
+        let _ = transport
+            .send(starling_actors::transport::Shutdown)
+            .await;
         let _ = std::fs::remove_file(root.join(RUN_FILE));
         tracing::info!("daemon stopped");
         served.context("API server")

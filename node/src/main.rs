@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod daemon;
 mod data_dir;
+mod swarm_commands;
 
 use std::path::PathBuf;
 
@@ -36,12 +37,39 @@ enum Command {
         /// TCP address for the local API (port 0 picks a free one) [default: 127.0.0.1:7421].
         #[arg(long, value_name = "ADDR")]
         api: Option<std::net::SocketAddr>,
+        /// UDP address for QUIC (port 0 picks a free one) [default: 0.0.0.0:7420].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
         /// Config file [default: DATA_DIR/starling.toml, if present].
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Ask the running daemon who it is and where it listens.
     Status,
+    /// Tell the daemon where other devices are.
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Group conversations (swarms).
+    #[command(subcommand)]
+    Swarm(SwarmCommand),
+    /// Send a text message to a conversation.
+    Send {
+        /// The conversation id.
+        conversation: String,
+        /// The text.
+        text: String,
+        /// The id of the message this one answers.
+        #[arg(long, value_name = "ID")]
+        reply_to: Option<String>,
+    },
+    /// List a conversation's messages (text: oldest first; JSON: newest first).
+    Messages {
+        /// The conversation id.
+        conversation: String,
+        /// How many of the newest.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
     /// Serve a repository to stock git over stdin/stdout with Starling's
     /// upload-pack, e.g. `git clone -u 'starling git-upload-pack' file:///path/to/swarm.git`.
     #[command(name = "git-upload-pack")]
@@ -88,6 +116,70 @@ enum AccountCommand {
         file: PathBuf,
         #[command(flatten)]
         password: PasswordArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Keep a connection to a device: ACCOUNT_ID@HOST:PORT (the account its
+    /// certificate chain must prove).
+    Add {
+        /// ACCOUNT_ID@HOST:PORT.
+        peer: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SwarmCommand {
+    /// Create a conversation with this account as admin.
+    Create {
+        /// Its title.
+        #[arg(long)]
+        title: Option<String>,
+        /// one-to-one, admin-invites-only, invites-only (default) or public.
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// List this account's conversations.
+    List,
+    /// Invite an account.
+    Invite {
+        /// The conversation id.
+        conversation: String,
+        /// The account to invite.
+        account_id: String,
+    },
+    /// Remove a member or withdraw an invitation (admins).
+    Remove {
+        /// The conversation id.
+        conversation: String,
+        /// The account to remove.
+        account_id: String,
+    },
+    /// Leave a conversation.
+    Leave {
+        /// The conversation id.
+        conversation: String,
+    },
+    /// List invitations received.
+    Invites,
+    /// Accept an invitation: fetch the conversation and join it.
+    Join {
+        /// The conversation id.
+        conversation: String,
+    },
+    /// List members with their roles.
+    Members {
+        /// The conversation id.
+        conversation: String,
+    },
+    /// Write the allowed-signers file for `git verify-commit`.
+    AllowedSigners {
+        /// The conversation id.
+        conversation: String,
+        /// Where to write it.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 
@@ -162,14 +254,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json,
     };
     match cli.command {
-        Command::Up { api, config } => {
+        Command::Up {
+            api,
+            listen,
+            config,
+        } => {
             let root = ctx.data_dir.root().to_owned();
             let (file, required) = match config {
                 Some(file) => (file, true),
                 None => (root.join("starling.toml"), false),
             };
             let env = |key: &str| std::env::var(key).ok();
-            let config = config::Config::load(&file, required, env, config::Overrides { api })?;
+            let config =
+                config::Config::load(&file, required, env, config::Overrides { api, listen })?;
             daemon::up(root, config)
         }
         Command::Account(AccountCommand::Create { display_name }) => {
@@ -188,6 +285,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &commands::read_password(password.password_file.as_deref())?,
         ),
         Command::Status => commands::status(&ctx),
+        Command::Peer(PeerCommand::Add { peer }) => swarm_commands::peer_add(&ctx, &peer),
+        Command::Swarm(command) => match command {
+            SwarmCommand::Create { title, mode } => {
+                swarm_commands::swarm_create(&ctx, title.as_deref(), mode.as_deref())
+            }
+            SwarmCommand::List => swarm_commands::swarm_list(&ctx),
+            SwarmCommand::Invite {
+                conversation,
+                account_id,
+            } => swarm_commands::swarm_invite(&ctx, &conversation, &account_id),
+            SwarmCommand::Remove {
+                conversation,
+                account_id,
+            } => swarm_commands::swarm_remove(&ctx, &conversation, &account_id),
+            SwarmCommand::Leave { conversation } => {
+                swarm_commands::swarm_leave(&ctx, &conversation)
+            }
+            SwarmCommand::Invites => swarm_commands::swarm_invites(&ctx),
+            SwarmCommand::Join { conversation } => swarm_commands::swarm_join(&ctx, &conversation),
+            SwarmCommand::Members { conversation } => {
+                swarm_commands::swarm_members(&ctx, &conversation)
+            }
+            SwarmCommand::AllowedSigners { conversation, out } => {
+                swarm_commands::swarm_allowed_signers(&ctx, &conversation, &out)
+            }
+        },
+        Command::Send {
+            conversation,
+            text,
+            reply_to,
+        } => swarm_commands::send(&ctx, &conversation, &text, reply_to.as_deref()),
+        Command::Messages {
+            conversation,
+            limit,
+        } => swarm_commands::messages(&ctx, &conversation, limit),
         Command::GitUploadPack { repository } => commands::git_upload_pack(&repository),
         Command::Device(DeviceCommand::Revoke { device_id }) => {
             commands::device_revoke(&ctx, &device_id)

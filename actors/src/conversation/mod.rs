@@ -1,11 +1,17 @@
 //! Conversation storage: a swarm conversation as a signed Git repository.
 //!
-//! The only place git2 is used. [`store::Store`] turns repositories into the
-//! plain values `starling_protocol::swarm` judges and applies its verdicts;
-//! [`sign::DeviceSigner`] holds what a device needs to sign commits.
+//! The only place git2 is used (with `git_wire`). [`store::Store`] turns
+//! repositories into the plain values `starling_protocol::swarm` judges and
+//! applies its verdicts; [`sign::DeviceSigner`] holds what a device needs to
+//! sign commits; [`actor::Conversation`] owns one store on its own thread;
+//! [`metrics`] are the swarm layer's per-node metrics.
 
+pub mod actor;
+pub mod metrics;
 pub mod sign;
 pub mod store;
 
+pub use actor::{Conversation, ConversationError, MessageItem, Role, SwarmView};
+pub use metrics::SwarmMetrics;
 pub use sign::{DeviceSigner, SignerError};
 pub use store::{FetchReport, MessageView, Store, StoreError};

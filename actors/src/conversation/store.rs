@@ -250,7 +250,22 @@ impl Store {
     ) -> Result<Self, StoreError> {
         check_peer_name(peer)?;
         let repo = Repository::init_bare(path)?;
-        let theirs = fetch_into_quarantine(&repo, remote, peer)?;
+        fetch_into_quarantine(&repo, remote, peer)?;
+        Self::adopt_quarantined(repo, conversation, peer, now_secs)
+    }
+
+    /// Finishes a clone whose objects some transport already fetched into
+    /// `repo` (a fresh bare repository) under [`quarantine_ref`]`(peer)`:
+    /// validates every commit and, if the fetched head is valid in full,
+    /// makes it the head. On failure the caller removes the repository.
+    pub fn adopt_quarantined(
+        repo: Repository,
+        conversation: CommitId,
+        peer: &str,
+        now_secs: i64,
+    ) -> Result<Self, StoreError> {
+        check_peer_name(peer)?;
+        let theirs = repo.refname_to_id(&quarantine_ref(peer))?;
         let mut store = Self {
             repo,
             conversation,
@@ -266,6 +281,14 @@ impl Store {
         if !verdict.rejected.is_empty() || verdict.accepted.is_empty() {
             return Err(StoreError::Rejected(verdict.rejected));
         }
+        // The conversation id is the root: a peer cannot pass off another
+        // swarm's history under this id.
+        let root = oid(&conversation);
+        if theirs != root && !store.repo.graph_descendant_of(theirs, root)? {
+            return Err(StoreError::NotAConversation(format!(
+                "fetched history does not start at {conversation}"
+            )));
+        }
         for accepted in &verdict.accepted {
             store.remember(oid(&accepted.id), accepted)?;
         }
@@ -279,6 +302,23 @@ impl Store {
             .config()?
             .set_str(CONFIG_CONVERSATION, &conversation.to_hex())?;
         Ok(store)
+    }
+
+    /// Receives the head a transport fetched under [`quarantine_ref`]`(peer)`,
+    /// then deletes that ref whatever the verdict.
+    pub fn receive_quarantined(
+        &mut self,
+        peer: &str,
+        signer: &DeviceSigner,
+        now_secs: i64,
+    ) -> Result<FetchReport, StoreError> {
+        check_peer_name(peer)?;
+        let theirs = self.repo.refname_to_id(&quarantine_ref(peer))?;
+        let result = self.receive(peer, theirs, signer, now_secs);
+        if let Ok(mut r) = self.repo.find_reference(&quarantine_ref(peer)) {
+            r.delete()?;
+        }
+        result
     }
 
     /// Rejected commits so far, by reason (`Rejection::reason`).
@@ -910,7 +950,8 @@ fn peer_ref(peer: &str) -> String {
     format!("{PEER_REF_PREFIX}{peer}")
 }
 
-fn quarantine_ref(peer: &str) -> String {
+/// The ref a fetch from `peer` lands under before validation.
+pub fn quarantine_ref(peer: &str) -> String {
     format!("{QUARANTINE_REF_PREFIX}{peer}")
 }
 

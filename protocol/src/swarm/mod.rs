@@ -7,6 +7,7 @@
 //! - [`ids`]: commit ids (the conversation id is its initial commit's id).
 //! - [`body`]: the JSON commit bodies, one `type` each.
 //! - [`commit`]: the signed payload and Git's SSH signature (sshsig).
+//! - [`gossip`]: frames on `swarm/<id>` channels (head announcements, invitations).
 //! - [`state`]: the tree layout and the membership state it describes.
 //! - [`validation`]: may a fetched commit enter history?
 //! - [`merge`]: the tree merge rule and the oscillation-free head choice.
@@ -15,6 +16,7 @@
 
 pub mod body;
 pub mod commit;
+pub mod gossip;
 pub mod ids;
 pub mod limits;
 pub mod merge;

@@ -1,26 +1,58 @@
-//! The `Account` actor: owns one account's identity on this device.
+//! The `Account` actor: owns one account's identity on this device, and
+//! (when given a transport) its conversation registry and swarm sync.
 //!
 //! Nobody else holds the keys or the CRL; other actors and the API ask it by
-//! message. As the daemon grows it will also own contacts, trust requests and
-//! the conversation registry (DESIGN.md section 3).
+//! message. [`swarms`] holds the registry of `Conversation` actors, the
+//! access check on `swarm/<id>` and `git/<id>` channels, head announcements,
+//! anti-entropy and fetch scheduling; [`channel_io`] moves the bytes.
+
+pub mod channel_io;
+pub mod swarms;
 
 use actix::prelude::*;
 use starling_protocol::{AccountId, AccountIdentity, DeviceId};
 
+pub use swarms::{SwarmConfig, SwarmError};
+
+/// Messages the account's mailbox holds (API requests, incoming channels,
+/// frames, connection events); the transport's `try_send` refuses channels
+/// beyond it rather than queueing without bound.
+pub const ACCOUNT_MAILBOX_CAPACITY: usize = 1_024;
+
 /// One account, as this device holds it.
 pub struct Account {
     identity: AccountIdentity,
+    swarms: Option<swarms::Swarms>,
 }
 
 impl Account {
-    /// An actor owning `identity`.
+    /// An actor owning `identity`, with no network (status only).
     pub fn new(identity: AccountIdentity) -> Self {
-        Self { identity }
+        Self {
+            identity,
+            swarms: None,
+        }
+    }
+
+    /// An actor owning `identity` that syncs swarms through `config.transport`.
+    pub fn with_swarms(identity: AccountIdentity, config: SwarmConfig) -> Result<Self, SwarmError> {
+        let swarms = swarms::Swarms::new(&identity, config)?;
+        Ok(Self {
+            identity,
+            swarms: Some(swarms),
+        })
     }
 }
 
 impl Actor for Account {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(ACCOUNT_MAILBOX_CAPACITY);
+        if self.swarms.is_some() {
+            swarms::start(self, ctx);
+        }
+    }
 }
 
 /// Asks for the account's public facts.

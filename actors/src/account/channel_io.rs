@@ -1,0 +1,139 @@
+//! Moving swarm bytes over transport channels: one-frame `swarm/<id>`
+//! exchanges, and the git pack protocol on `git/<id>` run by blocking
+//! libgit2 code through a sync bridge inside `spawn_blocking`.
+
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use starling_protocol::swarm::gossip::{FrameError, SwarmFrame, FRAME_LENGTH_BYTES};
+use starling_protocol::DeviceId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::io::SyncIoBridge;
+
+use crate::conversation::store::{quarantine_ref, HEAD_REF};
+use crate::git_wire::{self, GitWireError};
+use crate::transport::{Channel, ChannelRecv, ChannelSend};
+
+/// How long a `swarm/<id>` frame may take to arrive once the channel is open.
+pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a channel exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelIoError {
+    #[error("channel stream: {0}")]
+    Io(#[from] io::Error),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the peer sent no frame within {0:?}")]
+    Timeout(Duration),
+    #[error("pack protocol: {0}")]
+    Git(#[from] GitWireError),
+    #[error("blocking task failed: {0}")]
+    Join(String),
+    #[error("git: {0}")]
+    Repository(#[from] git2::Error),
+}
+
+/// Both halves of a channel as one tokio stream.
+pub struct ChannelStream {
+    send: ChannelSend,
+    recv: ChannelRecv,
+}
+
+impl ChannelStream {
+    /// Joins an open channel's halves.
+    pub fn new(channel: Channel) -> Self {
+        let (send, recv) = channel.split();
+        Self { send, recv }
+    }
+}
+
+impl AsyncRead for ChannelStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ChannelStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut *self.send), cx, buf).map_err(io::Error::from)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut *self.send), cx).map_err(io::Error::from)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut *self.send), cx).map_err(io::Error::from)
+    }
+}
+
+/// Writes one frame and finishes the stream.
+pub async fn send_frame(channel: Channel, frame: &SwarmFrame) -> Result<(), ChannelIoError> {
+    let bytes = frame.encode()?;
+    let mut stream = ChannelStream::new(channel);
+    stream.write_all(&bytes).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Reads the one frame a `swarm/<id>` channel carries.
+pub async fn receive_frame(channel: Channel) -> Result<SwarmFrame, ChannelIoError> {
+    let mut stream = ChannelStream::new(channel);
+    let read = async {
+        let mut prefix = [0u8; FRAME_LENGTH_BYTES];
+        stream.read_exact(&mut prefix).await?;
+        let len = SwarmFrame::payload_len(prefix)?;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await?;
+        Ok::<_, ChannelIoError>(SwarmFrame::decode_payload(&payload)?)
+    };
+    tokio::time::timeout(FRAME_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| ChannelIoError::Timeout(FRAME_READ_TIMEOUT))?
+}
+
+/// Serves one upload-pack session of the repository at `path` on `channel`.
+pub async fn serve_git(channel: Channel, path: PathBuf) -> Result<(), ChannelIoError> {
+    let mut bridge = SyncIoBridge::new(ChannelStream::new(channel));
+    tokio::task::spawn_blocking(move || {
+        let repo = git2::Repository::open_bare(&path)?;
+        git_wire::server::serve_upload_pack(&repo, &mut bridge)?;
+        bridge.shutdown()?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| ChannelIoError::Join(e.to_string()))?
+}
+
+/// Fetches the peer's head over `channel` into the repository at `path`,
+/// under the quarantine ref of `peer` (validation is the store's business).
+/// With `init`, creates the bare repository first (a clone).
+pub async fn fetch_git(
+    channel: Channel,
+    path: PathBuf,
+    peer: DeviceId,
+    init: bool,
+) -> Result<git_wire::client::Fetched, ChannelIoError> {
+    let bridge = SyncIoBridge::new(ChannelStream::new(channel));
+    tokio::task::spawn_blocking(move || {
+        let repo = if init {
+            git2::Repository::init_bare(&path)?
+        } else {
+            git2::Repository::open_bare(&path)?
+        };
+        let refspec = format!("+{HEAD_REF}:{}", quarantine_ref(&peer.to_hex()));
+        Ok(git_wire::client::fetch(&repo, bridge, &[refspec.as_str()])?)
+    })
+    .await
+    .map_err(|e| ChannelIoError::Join(e.to_string()))?
+}

@@ -1,0 +1,1272 @@
+//! The account's conversation registry and swarm sync.
+//!
+//! Each swarm the account is in has a `Conversation` actor (its own thread,
+//! owning the repository under `DATA_DIR/swarms/<id>.git`) and an entry here
+//! with the last [`SwarmView`] it reported (head, members, member devices)
+//! and a [`FetchScheduler`]. From those the account decides, without touching
+//! git, who may open `swarm/<id>` and `git/<id>` and whom to tell about new
+//! heads.
+//!
+//! Sync, as designed in `docs/DAEMON-notes.md`:
+//! - every new head (authored, merged or fetched) is announced in a `heads`
+//!   frame on a fresh `swarm/<id>` channel to each connected member device;
+//! - on every connection up, and every [`ANTI_ENTROPY_INTERVAL`], heads are
+//!   announced again (anti-entropy), so a device that was offline catches up
+//!   from any member device;
+//! - an announcement of a head we lack goes to the scheduler, which picks one
+//!   peer per head; the fetch runs libgit2 over `git/<id>` into the
+//!   quarantine ref of that peer, and the conversation validates and merges;
+//! - an invitation is authored into the repository and told, in an `invite`
+//!   frame, to the invitee's connected devices (again on every connection
+//!   up); the invitee joins by cloning over `git/<id>` from a device that
+//!   told it, validating the whole history, then authoring its join.
+//!
+//! Access: `git/<id>` is open to member devices and to devices of invited
+//! accounts (to join); `swarm/<id>` of a known swarm to member devices; a
+//! `swarm/<id>` of an unknown swarm may only carry an invitation. Everything
+//! else is refused with a reason and counted.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use starling_protocol::channel::{ChannelName, ChannelPattern};
+use starling_protocol::fetch_schedule::{FetchScheduler, StartFetch};
+use starling_protocol::swarm::body::{BodyKind, MemberAction, Mode};
+use starling_protocol::swarm::gossip::{SwarmFrame, INVITE_TITLE_BYTES_MAX};
+use starling_protocol::swarm::ids::CommitId;
+use starling_protocol::swarm::limits::TEXT_BYTES_MAX;
+use starling_protocol::{AccountId, AccountIdentity, DeviceId, VerifiedDevice};
+
+use super::channel_io::{fetch_git, receive_frame, send_frame, serve_git};
+use super::Account;
+use crate::conversation::actor::{
+    AllowedSigners, Author, GetView, Holds, ListMessages, ReceiveQuarantined, Received,
+};
+use crate::conversation::{
+    Conversation, ConversationError, DeviceSigner, MessageItem, Role, Store, StoreError,
+    SwarmMetrics, SwarmView,
+};
+use crate::transport::{
+    ConnectionEvent, ExpectedPeer, IncomingChannel, OpenChannel, PeerState, RegisterChannel,
+    SubscribeEvents, Transport, UpdateRevocations, WantPeer,
+};
+
+/// How often heads are exchanged with every connected member device.
+pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest one fetch (channel open, pack, validation, merge) may take
+/// before it counts as failed and another announcer is tried.
+pub const FETCH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pending invitations kept; further ones are dropped and counted.
+pub const INVITATIONS_MAX: usize = 256;
+/// Conversations one account holds.
+pub const CONVERSATIONS_MAX: usize = 4_096;
+/// Devices that told us of one invitation, kept.
+pub const INVITERS_PER_INVITATION_MAX: usize = 16;
+
+/// What the account needs to sync swarms.
+pub struct SwarmConfig {
+    /// The transport to open and accept channels on.
+    pub transport: Addr<Transport>,
+    /// Where repositories live (`<dir>/<conversation>.git`).
+    pub dir: PathBuf,
+    /// The node's swarm metrics.
+    pub metrics: SwarmMetrics,
+}
+
+/// Why a swarm request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    #[error("this account has no swarm sync (no transport)")]
+    NoSync,
+    #[error("unknown conversation {0}")]
+    NotFound(CommitId),
+    #[error("no invitation to conversation {0}; ask a member to invite this account")]
+    NotInvited(CommitId),
+    #[error("no device that invited us to {0} is connected; add it with `starling peer add`")]
+    InviterOffline(CommitId),
+    #[error("already a member of {0}")]
+    AlreadyMember(CommitId),
+    #[error("text of {found} bytes exceeds the limit of {TEXT_BYTES_MAX}")]
+    TooLarge { found: usize },
+    #[error("the swarm's rules refuse this: {0}")]
+    Refused(String),
+    #[error("this account holds its maximum of {CONVERSATIONS_MAX} conversations")]
+    TooManyConversations,
+    #[error("{0}")]
+    Conversation(ConversationError),
+    #[error("storage: {0}")]
+    Io(String),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("device signer: {0}")]
+    Signer(#[from] crate::conversation::SignerError),
+}
+
+impl From<ConversationError> for SwarmError {
+    fn from(e: ConversationError) -> Self {
+        match e {
+            ConversationError::Store {
+                source: StoreError::Own(rejection),
+                ..
+            } => SwarmError::Refused(rejection.to_string()),
+            other => SwarmError::Conversation(other),
+        }
+    }
+}
+
+fn mailbox(e: MailboxError) -> SwarmError {
+    tracing::warn!(error = %e, "conversation mailbox");
+    SwarmError::Conversation(ConversationError::Gone)
+}
+
+struct SwarmEntry {
+    addr: Addr<Conversation>,
+    view: SwarmView,
+    path: PathBuf,
+    scheduler: FetchScheduler<DeviceId, CommitId>,
+}
+
+struct Invitation {
+    title: String,
+    /// Devices that told us, with their accounts.
+    from: BTreeMap<DeviceId, AccountId>,
+}
+
+/// The account's swarm state (a part of the `Account` actor).
+pub struct Swarms {
+    transport: Addr<Transport>,
+    dir: PathBuf,
+    metrics: SwarmMetrics,
+    signer: DeviceSigner,
+    local_device: DeviceId,
+    registry: HashMap<CommitId, SwarmEntry>,
+    /// Conversations being created or joined (not yet in the registry).
+    joining: BTreeSet<CommitId>,
+    invitations: BTreeMap<CommitId, Invitation>,
+    connected: BTreeMap<DeviceId, VerifiedDevice>,
+}
+
+impl Swarms {
+    pub(super) fn new(identity: &AccountIdentity, config: SwarmConfig) -> Result<Self, SwarmError> {
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| SwarmError::Io(format!("{}: {e}", config.dir.display())))?;
+        let signer = DeviceSigner::new(
+            identity.device_key.clone(),
+            identity.device_cert.clone(),
+            identity.account_cert.clone(),
+        )?;
+        Ok(Self {
+            transport: config.transport,
+            dir: config.dir,
+            metrics: config.metrics,
+            signer,
+            local_device: identity.device_id(),
+            registry: HashMap::new(),
+            joining: BTreeSet::new(),
+            invitations: BTreeMap::new(),
+            connected: BTreeMap::new(),
+        })
+    }
+
+    fn path_of(&self, id: &CommitId) -> PathBuf {
+        self.dir.join(format!("{}.git", id.to_hex()))
+    }
+
+    fn start_conversation(&self, path: PathBuf) -> Addr<Conversation> {
+        Conversation::start_on_own_thread(path, self.signer.clone(), self.metrics.clone())
+    }
+
+    fn insert(&mut self, addr: Addr<Conversation>, view: SwarmView, path: PathBuf) {
+        self.invitations.remove(&view.id);
+        self.joining.remove(&view.id);
+        self.registry.insert(
+            view.id,
+            SwarmEntry {
+                addr,
+                view,
+                path,
+                scheduler: FetchScheduler::new(),
+            },
+        );
+        self.metrics.conversations.set(self.registry.len() as i64);
+    }
+
+    /// Sends `frame` on a fresh `swarm/<id>` channel to `peer`, in the background.
+    fn tell(&self, peer: DeviceId, conversation: CommitId, frame: SwarmFrame) {
+        let Ok(name) = ChannelName::new(&format!("swarm/{}", conversation.to_hex())) else {
+            return;
+        };
+        let transport = self.transport.clone();
+        actix::spawn(async move {
+            match transport.send(OpenChannel { peer, name }).await {
+                Ok(Ok(channel)) => {
+                    if let Err(e) = send_frame(channel, &frame).await {
+                        tracing::info!(%peer, error = %e, "swarm frame not delivered");
+                    }
+                }
+                Ok(Err(e)) => tracing::info!(%peer, error = %e, "swarm channel not opened"),
+                Err(e) => tracing::warn!(error = %e, "transport mailbox"),
+            }
+        });
+    }
+
+    /// Announces `conversation`'s head to its connected member devices.
+    fn announce(&self, conversation: &CommitId) {
+        let Some(entry) = self.registry.get(conversation) else {
+            return;
+        };
+        for device in &entry.view.member_devices {
+            if *device != self.local_device && self.connected.contains_key(device) {
+                self.tell(
+                    *device,
+                    *conversation,
+                    SwarmFrame::Heads {
+                        heads: vec![entry.view.head],
+                    },
+                );
+            }
+        }
+    }
+
+    /// Tells connected devices of accounts invited to `conversation` about it.
+    fn tell_invitees(&self, conversation: &CommitId, only: Option<&VerifiedDevice>) {
+        let Some(entry) = self.registry.get(conversation) else {
+            return;
+        };
+        for peer in self.connected.values() {
+            if only.is_some_and(|o| o != peer) || !entry.view.is_invited(&peer.account_id) {
+                continue;
+            }
+            // The frame bounds its title; a longer one is cut at a char boundary.
+            let mut title = entry.view.title.clone().unwrap_or_default();
+            while title.len() > INVITE_TITLE_BYTES_MAX {
+                title.pop();
+            }
+            self.tell(peer.device_id, *conversation, SwarmFrame::Invite { title });
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn swarms(account: &mut Account) -> Result<&mut Swarms, SwarmError> {
+    account.swarms.as_mut().ok_or(SwarmError::NoSync)
+}
+
+/// Registers the channel handlers, subscribes to connection events, hands
+/// the transport our CRL, loads the conversations on disk, and starts
+/// anti-entropy.
+pub(super) fn start(account: &mut Account, ctx: &mut Context<Account>) {
+    let Some(sw) = account.swarms.as_ref() else {
+        return;
+    };
+    let transport = sw.transport.clone();
+    let handler = ctx.address().recipient::<IncomingChannel>();
+    let events = ctx.address().recipient::<ConnectionEvent>();
+    let crl = UpdateRevocations {
+        account: account.identity.account_cert.clone(),
+        crl: account.identity.crl.clone(),
+    };
+    ctx.wait(
+        async move {
+            for pattern in ["swarm/*", "git/*"] {
+                let pattern = ChannelPattern::new(pattern).expect("static pattern is valid");
+                match transport
+                    .send(RegisterChannel {
+                        pattern,
+                        handler: handler.clone(),
+                    })
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "channel pattern not registered"),
+                    Err(e) => tracing::error!(error = %e, "transport mailbox"),
+                }
+            }
+            if let Ok(Err(e)) = transport.send(SubscribeEvents(events)).await {
+                tracing::error!(error = %e, "connection events not subscribed");
+            }
+            match transport.send(crl).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "own CRL refused by the transport"),
+                Err(e) => tracing::error!(error = %e, "transport mailbox"),
+            }
+            // Connections that came up before we subscribed.
+            transport
+                .send(crate::transport::Status)
+                .await
+                .map(|status| {
+                    status
+                        .connections
+                        .into_iter()
+                        .map(|c| c.peer)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }
+        .into_actor(account)
+        // `wait`: no request (a static peer to dial, say) is handled before
+        // the account hears about connections.
+        .map(|already_up, act, _| {
+            if let Some(sw) = act.swarms.as_mut() {
+                for peer in already_up {
+                    sw.connected.insert(peer.device_id, peer);
+                }
+                sw.metrics.peers_connected.set(sw.connected.len() as i64);
+            }
+        }),
+    );
+    let entries = match std::fs::read_dir(&sw.dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::error!(dir = %sw.dir.display(), error = %e, "cannot list swarms");
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_repo = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".git"))
+            .is_some_and(|stem| stem.parse::<CommitId>().is_ok());
+        if !is_repo {
+            // Leftovers of an interrupted create or join: never history.
+            if path
+                .extension()
+                .is_some_and(|e| e == "joining" || e == "new")
+            {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+            continue;
+        }
+        let addr = sw.start_conversation(path.clone());
+        // `wait`, not `spawn`: the account handles no request until its
+        // swarms are loaded, so a fresh daemon never answers 404 for one.
+        ctx.wait(
+            addr.send(GetView)
+                .into_actor(account)
+                .map(move |result, act, _| match result {
+                    Ok(Ok(view)) => {
+                        if let Some(sw) = act.swarms.as_mut() {
+                            sw.insert(addr, view, path);
+                        }
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "conversation not loaded"),
+                    Err(e) => tracing::error!(error = %e, "conversation mailbox"),
+                }),
+        );
+    }
+    ctx.run_interval(ANTI_ENTROPY_INTERVAL, |act, ctx| {
+        let Some(sw) = act.swarms.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let ids: Vec<CommitId> = sw.registry.keys().copied().collect();
+        let mut all = Vec::new();
+        for id in ids {
+            sw.announce(&id);
+            if let Some(entry) = sw.registry.get_mut(&id) {
+                all.push((id, entry.scheduler.tick(now)));
+            }
+        }
+        for (id, starts) in all {
+            start_fetches(act, ctx, id, starts);
+        }
+    });
+}
+
+fn start_fetches(
+    account: &mut Account,
+    ctx: &mut Context<Account>,
+    conversation: CommitId,
+    starts: Vec<StartFetch<DeviceId, CommitId>>,
+) {
+    for start in starts {
+        start_fetch(account, ctx, conversation, start);
+    }
+}
+
+/// Fetches `start.head` from `start.peer` over `git/<id>`, then has the
+/// conversation validate and merge it.
+fn start_fetch(
+    account: &mut Account,
+    ctx: &mut Context<Account>,
+    conversation: CommitId,
+    start: StartFetch<DeviceId, CommitId>,
+) {
+    let Some(sw) = account.swarms.as_ref() else {
+        return;
+    };
+    let Some(entry) = sw.registry.get(&conversation) else {
+        return;
+    };
+    let Ok(name) = ChannelName::new(&format!("git/{}", conversation.to_hex())) else {
+        return;
+    };
+    let transport = sw.transport.clone();
+    let addr = entry.addr.clone();
+    let path = entry.path.clone();
+    let peer = start.peer;
+    // Ask about every head still wanted, not only this one: a fetch of the
+    // newest head usually brings the older announced ones too, and knowing
+    // that spares a no-op fetch for each of them.
+    let mut wanted: Vec<CommitId> = entry.scheduler.wanted().copied().collect();
+    if !wanted.contains(&start.head) {
+        wanted.push(start.head);
+    }
+    let began = Instant::now();
+    tracing::info!(%peer, %conversation, head = %start.head, "fetching");
+    let fetch = async move {
+        let channel = transport
+            .send(OpenChannel { peer, name })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        fetch_git(channel, path, peer, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        addr.send(ReceiveQuarantined { peer, wanted })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    };
+    // Bounded: a fetch stuck on a dead stream must not hold the peer's slot
+    // in the scheduler until its much longer timeout.
+    let fetch = async move {
+        tokio::time::timeout(FETCH_ATTEMPT_TIMEOUT, fetch)
+            .await
+            .unwrap_or_else(|_| Err(format!("no result within {FETCH_ATTEMPT_TIMEOUT:?}")))
+    };
+    ctx.spawn(
+        fetch
+            .into_actor(account)
+            .map(move |result: Result<Received, String>, act, ctx| {
+                fetch_done(act, ctx, conversation, peer, began, result)
+            }),
+    );
+}
+
+fn fetch_done(
+    account: &mut Account,
+    ctx: &mut Context<Account>,
+    conversation: CommitId,
+    peer: DeviceId,
+    began: Instant,
+    result: Result<Received, String>,
+) {
+    let Some(sw) = account.swarms.as_mut() else {
+        return;
+    };
+    sw.metrics
+        .fetch_seconds
+        .observe(began.elapsed().as_secs_f64());
+    let Some(entry) = sw.registry.get_mut(&conversation) else {
+        return;
+    };
+    let now = Instant::now();
+    let (starts, moved) = match result {
+        Ok(received) => {
+            sw.metrics.fetched("ok");
+            tracing::info!(%peer, %conversation, accepted = received.report.accepted, head = %received.view.head, "fetched");
+            if !received.report.rejected.is_empty() {
+                tracing::warn!(%peer, %conversation, rejected = received.report.rejected.len(), "fetched commits rejected");
+            }
+            let moved = received.view.head != entry.view.head;
+            entry.view = received.view;
+            let held = received.held;
+            let starts = entry
+                .scheduler
+                .fetch_finished(&peer, true, |h| held.contains(h), now);
+            (starts, moved)
+        }
+        Err(e) => {
+            sw.metrics.fetched("failed");
+            tracing::info!(%peer, %conversation, error = %e, "fetch failed");
+            (
+                entry.scheduler.fetch_finished(&peer, false, |_| false, now),
+                false,
+            )
+        }
+    };
+    if moved {
+        sw.announce(&conversation);
+    }
+    start_fetches(account, ctx, conversation, starts);
+}
+
+/// Member devices announce heads; so do devices of invited accounts, whose
+/// join commit is how the swarm learns they joined.
+fn may_announce(view: &SwarmView, peer: &VerifiedDevice) -> bool {
+    view.member_devices.contains(&peer.device_id) || view.is_invited(&peer.account_id)
+}
+
+/// Parses `kind/<conversation>` names.
+fn conversation_of(name: &ChannelName) -> Option<CommitId> {
+    name.as_str()
+        .split_once('/')
+        .and_then(|(_, id)| id.parse().ok())
+}
+
+impl Handler<IncomingChannel> for Account {
+    type Result = ();
+
+    fn handle(&mut self, msg: IncomingChannel, ctx: &mut Self::Context) {
+        let Some(sw) = self.swarms.as_ref() else {
+            return; // dropping refuses
+        };
+        let kind = msg.name.kind().to_owned();
+        let peer = msg.peer;
+        let name = msg.name.clone();
+        let refuse = |pending: crate::transport::PendingChannel,
+                      reason: &'static str,
+                      label: &'static str| {
+            sw.metrics.refused(&kind, label);
+            tracing::info!(peer = %peer.device_id, channel = %name, reason, "channel refused");
+            actix::spawn(async move { pending.refuse(reason).await });
+        };
+        let Some(conversation) = conversation_of(&msg.name) else {
+            return refuse(msg.channel, "malformed conversation id", "malformed");
+        };
+        let entry = sw.registry.get(&conversation);
+        match (kind.as_str(), entry) {
+            ("git", Some(entry)) => {
+                let allowed = entry.view.member_devices.contains(&peer.device_id)
+                    || entry.view.is_invited(&peer.account_id);
+                if !allowed {
+                    return refuse(
+                        msg.channel,
+                        "not a member of this conversation",
+                        "not_member",
+                    );
+                }
+                let path = entry.path.clone();
+                let pending = msg.channel;
+                actix::spawn(async move {
+                    let served = match pending.accept().await {
+                        Ok(channel) => serve_git(channel, path).await,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "git channel not accepted");
+                            return;
+                        }
+                    };
+                    if let Err(e) = served {
+                        tracing::info!(peer = %peer.device_id, error = %e, "upload-pack session failed");
+                    }
+                });
+            }
+            ("git", None) => refuse(msg.channel, "unknown conversation", "unknown"),
+            ("swarm", Some(entry)) if !may_announce(&entry.view, &peer) => refuse(
+                msg.channel,
+                "not a member of this conversation",
+                "not_member",
+            ),
+            ("swarm", _) => {
+                let pending = msg.channel;
+                let me = ctx.address();
+                actix::spawn(async move {
+                    let frame = match pending.accept().await {
+                        Ok(channel) => receive_frame(channel).await,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "swarm channel not accepted");
+                            return;
+                        }
+                    };
+                    match frame {
+                        Ok(frame) => {
+                            let _ = me
+                                .send(FrameReceived {
+                                    peer,
+                                    conversation,
+                                    frame,
+                                })
+                                .await;
+                        }
+                        Err(e) => {
+                            tracing::info!(peer = %peer.device_id, error = %e, "bad swarm frame")
+                        }
+                    }
+                });
+            }
+            _ => refuse(msg.channel, "not a swarm channel", "unknown_kind"),
+        }
+    }
+}
+
+/// A frame read from a `swarm/<id>` channel.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FrameReceived {
+    peer: VerifiedDevice,
+    conversation: CommitId,
+    frame: SwarmFrame,
+}
+
+impl Handler<FrameReceived> for Account {
+    type Result = ();
+
+    fn handle(&mut self, msg: FrameReceived, ctx: &mut Self::Context) {
+        let Some(sw) = self.swarms.as_mut() else {
+            return;
+        };
+        let FrameReceived {
+            peer,
+            conversation,
+            frame,
+        } = msg;
+        match frame {
+            SwarmFrame::Heads { heads } => {
+                let Some(entry) = sw.registry.get(&conversation) else {
+                    return;
+                };
+                if !may_announce(&entry.view, &peer) {
+                    return;
+                }
+                let addr = entry.addr.clone();
+                ctx.spawn(addr.send(Holds(heads.clone())).into_actor(self).map(
+                    move |held, act, ctx| {
+                        let Ok(Ok(held)) = held else {
+                            return;
+                        };
+                        let Some(entry) = act
+                            .swarms
+                            .as_mut()
+                            .and_then(|sw| sw.registry.get_mut(&conversation))
+                        else {
+                            return;
+                        };
+                        let starts = entry.scheduler.heads_announced(
+                            &peer.device_id,
+                            &heads,
+                            |h| held.contains(h),
+                            Instant::now(),
+                        );
+                        start_fetches(act, ctx, conversation, starts);
+                    },
+                ));
+            }
+            SwarmFrame::Invite { title } => {
+                if sw.registry.contains_key(&conversation) {
+                    return;
+                }
+                sw.metrics.invitations_received.inc();
+                if !sw.invitations.contains_key(&conversation)
+                    && sw.invitations.len() >= INVITATIONS_MAX
+                {
+                    tracing::warn!(%conversation, "invitation dropped: too many pending");
+                    return;
+                }
+                let invitation = sw.invitations.entry(conversation).or_insert(Invitation {
+                    title,
+                    from: BTreeMap::new(),
+                });
+                if invitation.from.len() < INVITERS_PER_INVITATION_MAX {
+                    invitation.from.insert(peer.device_id, peer.account_id);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<ConnectionEvent> for Account {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionEvent, ctx: &mut Self::Context) {
+        let Some(sw) = self.swarms.as_mut() else {
+            return;
+        };
+        let device = msg.peer.device_id;
+        match msg.state {
+            PeerState::Up { .. } => {
+                sw.connected.insert(device, msg.peer);
+                sw.metrics.peers_connected.set(sw.connected.len() as i64);
+                let ids: Vec<CommitId> = sw.registry.keys().copied().collect();
+                for id in ids {
+                    let entry = &sw.registry[&id];
+                    if entry.view.member_devices.contains(&device) {
+                        sw.tell(
+                            device,
+                            id,
+                            SwarmFrame::Heads {
+                                heads: vec![entry.view.head],
+                            },
+                        );
+                    }
+                    sw.tell_invitees(&id, Some(&msg.peer));
+                }
+            }
+            PeerState::Down { .. } => {
+                sw.connected.remove(&device);
+                sw.metrics.peers_connected.set(sw.connected.len() as i64);
+                let now = Instant::now();
+                let mut all = Vec::new();
+                for (id, entry) in sw.registry.iter_mut() {
+                    all.push((*id, entry.scheduler.peer_gone(&device, now)));
+                }
+                for (id, starts) in all {
+                    start_fetches(self, ctx, id, starts);
+                }
+            }
+        }
+    }
+}
+
+// ---- requests from the API ----
+
+/// Keep a connection to the device(s) of `account` at `addr`.
+#[derive(Message)]
+#[rtype(result = "Result<(), SwarmError>")]
+pub struct AddPeer {
+    /// Where the peer listens.
+    pub addr: SocketAddr,
+    /// Whose device it is.
+    pub account: AccountId,
+}
+
+impl Handler<AddPeer> for Account {
+    type Result = ResponseFuture<Result<(), SwarmError>>;
+
+    fn handle(&mut self, msg: AddPeer, _: &mut Self::Context) -> Self::Result {
+        let transport = swarms(self).map(|sw| sw.transport.clone());
+        Box::pin(async move {
+            transport?
+                .send(WantPeer {
+                    addr: msg.addr,
+                    peer: ExpectedPeer {
+                        account_id: msg.account,
+                        device_id: None,
+                    },
+                })
+                .await
+                .map_err(|e| SwarmError::Network(e.to_string()))
+        })
+    }
+}
+
+/// One conversation, as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SwarmSummary {
+    /// The conversation id.
+    pub id: CommitId,
+    /// The head.
+    pub head: CommitId,
+    /// Members and admins.
+    pub members: usize,
+    /// Its title.
+    pub title: Option<String>,
+}
+
+/// Lists the account's conversations.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<SwarmSummary>, SwarmError>")]
+pub struct ListSwarms;
+
+impl Handler<ListSwarms> for Account {
+    type Result = Result<Vec<SwarmSummary>, SwarmError>;
+
+    fn handle(&mut self, _: ListSwarms, _: &mut Self::Context) -> Self::Result {
+        let sw = swarms(self)?;
+        let mut list: Vec<SwarmSummary> = sw
+            .registry
+            .values()
+            .map(|e| SwarmSummary {
+                id: e.view.id,
+                head: e.view.head,
+                members: e
+                    .view
+                    .members
+                    .values()
+                    .filter(|r| **r != Role::Invited)
+                    .count(),
+                title: e.view.title.clone(),
+            })
+            .collect();
+        list.sort_by_key(|s| s.id);
+        Ok(list)
+    }
+}
+
+/// Creates a conversation with this account as its admin.
+#[derive(Message)]
+#[rtype(result = "Result<CommitId, SwarmError>")]
+pub struct CreateSwarm {
+    /// Who may invite.
+    pub mode: Mode,
+    /// Its title (a profile commit), if any.
+    pub title: Option<String>,
+}
+
+fn blocking_error(e: tokio::task::JoinError) -> SwarmError {
+    SwarmError::Io(format!("blocking task: {e}"))
+}
+
+impl Handler<CreateSwarm> for Account {
+    type Result = ResponseActFuture<Self, Result<CommitId, SwarmError>>;
+
+    fn handle(&mut self, msg: CreateSwarm, _: &mut Self::Context) -> Self::Result {
+        let prepared = swarms(self).and_then(|sw| {
+            if sw.registry.len() + sw.joining.len() >= CONVERSATIONS_MAX {
+                return Err(SwarmError::TooManyConversations);
+            }
+            Ok((sw.dir.clone(), sw.signer.clone()))
+        });
+        let work = async move {
+            let (dir, signer) = prepared?;
+            let mode = msg.mode;
+            tokio::task::spawn_blocking(move || {
+                let mut suffix = [0u8; 8];
+                rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut suffix);
+                let tmp = dir.join(format!("{}.new", u64::from_le_bytes(suffix)));
+                let store = Store::create(&tmp, &signer, mode, now_secs())
+                    .map_err(|e| SwarmError::Io(e.to_string()))?;
+                let id = store.conversation();
+                drop(store);
+                let path = dir.join(format!("{}.git", id.to_hex()));
+                std::fs::rename(&tmp, &path)
+                    .map_err(|e| SwarmError::Io(format!("{}: {e}", path.display())))?;
+                Ok::<_, SwarmError>((id, path))
+            })
+            .await
+            .map_err(blocking_error)?
+        };
+        Box::pin(
+            work.into_actor(self)
+                .then(move |created, act, _| {
+                    let started = created.and_then(|(id, path)| {
+                        let sw = swarms(act)?;
+                        sw.joining.insert(id);
+                        let addr = sw.start_conversation(path.clone());
+                        Ok((id, path, addr))
+                    });
+                    async move {
+                        let (id, path, addr) = started?;
+                        let view = match msg.title {
+                            Some(title) => {
+                                let profile = serde_json::json!({ "title": title }).to_string();
+                                addr.send(Author {
+                                    kind: BodyKind::Profile,
+                                    content: Some(profile.into_bytes()),
+                                })
+                                .await
+                                .map_err(mailbox)??
+                                .1
+                            }
+                            None => addr.send(GetView).await.map_err(mailbox)??,
+                        };
+                        Ok::<_, SwarmError>((id, path, addr, view))
+                    }
+                    .into_actor(act)
+                })
+                .map(|result, act, _| {
+                    let (id, path, addr, view) = result?;
+                    let sw = swarms(act)?;
+                    sw.insert(addr, view, path);
+                    Ok(id)
+                }),
+        )
+    }
+}
+
+/// Authors `kind` in `conversation`, updates the view and announces the head.
+fn author_in(
+    account: &mut Account,
+    conversation: CommitId,
+    kind: BodyKind,
+) -> ResponseActFuture<Account, Result<(CommitId, SwarmView), SwarmError>> {
+    let addr = swarms(account).and_then(|sw| {
+        sw.registry
+            .get(&conversation)
+            .map(|e| e.addr.clone())
+            .ok_or(SwarmError::NotFound(conversation))
+    });
+    let work = async move {
+        addr?
+            .send(Author {
+                kind,
+                content: None,
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(SwarmError::from)
+    };
+    Box::pin(work.into_actor(account).map(move |result, act, _| {
+        let (id, view) = result?;
+        let sw = swarms(act)?;
+        if let Some(entry) = sw.registry.get_mut(&conversation) {
+            entry.view = view.clone();
+        }
+        sw.announce(&conversation);
+        Ok((id, view))
+    }))
+}
+
+/// Sends a text message (or a reply).
+#[derive(Message)]
+#[rtype(result = "Result<CommitId, SwarmError>")]
+pub struct SendText {
+    /// The conversation.
+    pub conversation: CommitId,
+    /// The text.
+    pub text: String,
+    /// The message it answers.
+    pub reply_to: Option<CommitId>,
+}
+
+impl Handler<SendText> for Account {
+    type Result = ResponseActFuture<Self, Result<CommitId, SwarmError>>;
+
+    fn handle(&mut self, msg: SendText, _: &mut Self::Context) -> Self::Result {
+        if msg.text.len() > TEXT_BYTES_MAX {
+            let found = msg.text.len();
+            return Box::pin(fut::ready(Err(SwarmError::TooLarge { found })));
+        }
+        Box::pin(
+            author_in(
+                self,
+                msg.conversation,
+                BodyKind::Text {
+                    text: msg.text,
+                    reply_to: msg.reply_to,
+                    edit_of: None,
+                },
+            )
+            .map(|r, _, _| r.map(|(id, _)| id)),
+        )
+    }
+}
+
+/// Invites `account` to `conversation`.
+#[derive(Message)]
+#[rtype(result = "Result<(), SwarmError>")]
+pub struct Invite {
+    /// The conversation.
+    pub conversation: CommitId,
+    /// Whom to invite.
+    pub account: AccountId,
+}
+
+impl Handler<Invite> for Account {
+    type Result = ResponseActFuture<Self, Result<(), SwarmError>>;
+
+    fn handle(&mut self, msg: Invite, _: &mut Self::Context) -> Self::Result {
+        let conversation = msg.conversation;
+        Box::pin(
+            author_in(
+                self,
+                conversation,
+                BodyKind::Member {
+                    action: MemberAction::Invite,
+                    account: msg.account,
+                },
+            )
+            .map(move |r, act, _| {
+                r?;
+                swarms(act)?.tell_invitees(&conversation, None);
+                Ok(())
+            }),
+        )
+    }
+}
+
+/// Removes a member or withdraws an invitation (admins only), or, with
+/// `account` this account, leaves.
+#[derive(Message)]
+#[rtype(result = "Result<(), SwarmError>")]
+pub struct RemoveMember {
+    /// The conversation.
+    pub conversation: CommitId,
+    /// Whom to remove; `None` to leave.
+    pub account: Option<AccountId>,
+}
+
+impl Handler<RemoveMember> for Account {
+    type Result = ResponseActFuture<Self, Result<(), SwarmError>>;
+
+    fn handle(&mut self, msg: RemoveMember, _: &mut Self::Context) -> Self::Result {
+        let me = self.identity.account_id();
+        let kind = match msg.account {
+            Some(account) if account != me => BodyKind::Member {
+                action: MemberAction::Remove,
+                account,
+            },
+            _ => BodyKind::Member {
+                action: MemberAction::Leave,
+                account: me,
+            },
+        };
+        Box::pin(author_in(self, msg.conversation, kind).map(|r, _, _| r.map(|_| ())))
+    }
+}
+
+/// A pending invitation, as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InvitationInfo {
+    /// The conversation.
+    pub conversation: CommitId,
+    /// Its title, as the inviter told it.
+    pub title: String,
+    /// Accounts whose devices told us.
+    pub from: Vec<AccountId>,
+}
+
+/// Lists pending invitations.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<InvitationInfo>, SwarmError>")]
+pub struct ListInvitations;
+
+impl Handler<ListInvitations> for Account {
+    type Result = Result<Vec<InvitationInfo>, SwarmError>;
+
+    fn handle(&mut self, _: ListInvitations, _: &mut Self::Context) -> Self::Result {
+        let sw = swarms(self)?;
+        Ok(sw
+            .invitations
+            .iter()
+            .map(|(id, inv)| InvitationInfo {
+                conversation: *id,
+                title: inv.title.clone(),
+                from: inv
+                    .from
+                    .values()
+                    .copied()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+/// Accepts an invitation: clones the conversation from a device that sent
+/// it, validating all of it, then authors our join.
+#[derive(Message)]
+#[rtype(result = "Result<(), SwarmError>")]
+pub struct Join {
+    /// The conversation.
+    pub conversation: CommitId,
+}
+
+impl Handler<Join> for Account {
+    type Result = ResponseActFuture<Self, Result<(), SwarmError>>;
+
+    fn handle(&mut self, msg: Join, _: &mut Self::Context) -> Self::Result {
+        let conversation = msg.conversation;
+        let prepared = swarms(self).and_then(|sw| {
+            if sw.registry.contains_key(&conversation) {
+                return Err(SwarmError::AlreadyMember(conversation));
+            }
+            if sw.joining.contains(&conversation) {
+                return Err(SwarmError::Io(
+                    "a join of this conversation is running".into(),
+                ));
+            }
+            if sw.registry.len() + sw.joining.len() >= CONVERSATIONS_MAX {
+                return Err(SwarmError::TooManyConversations);
+            }
+            let invitation = sw
+                .invitations
+                .get(&conversation)
+                .ok_or(SwarmError::NotInvited(conversation))?;
+            let peer = invitation
+                .from
+                .keys()
+                .find_map(|d| sw.connected.get(d))
+                .copied()
+                .ok_or(SwarmError::InviterOffline(conversation))?;
+            let name = ChannelName::new(&format!("git/{}", conversation.to_hex()))
+                .map_err(|e| SwarmError::Network(e.to_string()))?;
+            sw.joining.insert(conversation);
+            Ok((
+                sw.transport.clone(),
+                name,
+                peer,
+                sw.dir.clone(),
+                sw.path_of(&conversation),
+            ))
+        });
+        // Only the request that marked the join as running may clear it.
+        let marked = prepared.is_ok();
+        let clone = async move {
+            let (transport, name, peer, dir, path) = prepared?;
+            let tmp = dir.join(format!("{}.joining", conversation.to_hex()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let result = async {
+                let channel = transport
+                    .send(OpenChannel {
+                        peer: peer.device_id,
+                        name,
+                    })
+                    .await
+                    .map_err(|e| SwarmError::Network(e.to_string()))?
+                    .map_err(|e| SwarmError::Network(e.to_string()))?;
+                fetch_git(channel, tmp.clone(), peer.device_id, true)
+                    .await
+                    .map_err(|e| SwarmError::Network(e.to_string()))?;
+                let (tmp2, path2) = (tmp.clone(), path.clone());
+                tokio::task::spawn_blocking(move || {
+                    let repo = git2::Repository::open_bare(&tmp2)
+                        .map_err(|e| SwarmError::Io(e.to_string()))?;
+                    let store = Store::adopt_quarantined(
+                        repo,
+                        conversation,
+                        &peer.device_id.to_hex(),
+                        now_secs(),
+                    )
+                    .map_err(|e| SwarmError::Refused(e.to_string()))?;
+                    drop(store);
+                    std::fs::rename(&tmp2, &path2)
+                        .map_err(|e| SwarmError::Io(format!("{}: {e}", path2.display())))
+                })
+                .await
+                .map_err(blocking_error)?
+            }
+            .await;
+            if result.is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            result.map(|()| path)
+        };
+        Box::pin(
+            clone
+                .into_actor(self)
+                .then(move |cloned, act, _| {
+                    let started = cloned.and_then(|path| {
+                        let sw = swarms(act)?;
+                        Ok((
+                            path.clone(),
+                            sw.start_conversation(path),
+                            sw.signer.account_id(),
+                        ))
+                    });
+                    async move {
+                        let (path, addr, me) = started?;
+                        let (_, view) = addr
+                            .send(Author {
+                                kind: BodyKind::Member {
+                                    action: MemberAction::Join,
+                                    account: me,
+                                },
+                                content: None,
+                            })
+                            .await
+                            .map_err(mailbox)??;
+                        Ok::<_, SwarmError>((path, addr, view))
+                    }
+                    .into_actor(act)
+                })
+                .map(move |result, act, _| {
+                    let sw = swarms(act)?;
+                    match result {
+                        Ok((path, addr, view)) => {
+                            sw.insert(addr, view, path);
+                            sw.announce(&conversation);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            if marked {
+                                sw.joining.remove(&conversation);
+                            }
+                            Err(e)
+                        }
+                    }
+                }),
+        )
+    }
+}
+
+/// Lists the newest text messages of a conversation, newest first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<MessageItem>, SwarmError>")]
+pub struct Messages {
+    /// The conversation.
+    pub conversation: CommitId,
+    /// How many at most.
+    pub limit: usize,
+}
+
+impl Handler<Messages> for Account {
+    type Result = ResponseFuture<Result<Vec<MessageItem>, SwarmError>>;
+
+    fn handle(&mut self, msg: Messages, _: &mut Self::Context) -> Self::Result {
+        let addr = swarms(self).and_then(|sw| {
+            sw.registry
+                .get(&msg.conversation)
+                .map(|e| e.addr.clone())
+                .ok_or(SwarmError::NotFound(msg.conversation))
+        });
+        Box::pin(async move {
+            Ok(addr?
+                .send(ListMessages { limit: msg.limit })
+                .await
+                .map_err(mailbox)??)
+        })
+    }
+}
+
+/// One member, as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberInfo {
+    /// The account.
+    pub account_id: AccountId,
+    /// Its role.
+    pub role: Role,
+}
+
+/// Lists the members (and invitees) of a conversation.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<MemberInfo>, SwarmError>")]
+pub struct Members {
+    /// The conversation.
+    pub conversation: CommitId,
+}
+
+impl Handler<Members> for Account {
+    type Result = Result<Vec<MemberInfo>, SwarmError>;
+
+    fn handle(&mut self, msg: Members, _: &mut Self::Context) -> Self::Result {
+        let sw = swarms(self)?;
+        let entry = sw
+            .registry
+            .get(&msg.conversation)
+            .ok_or(SwarmError::NotFound(msg.conversation))?;
+        Ok(entry
+            .view
+            .members
+            .iter()
+            .map(|(account_id, role)| MemberInfo {
+                account_id: *account_id,
+                role: *role,
+            })
+            .collect())
+    }
+}
+
+/// The allowed-signers file of a conversation.
+#[derive(Message)]
+#[rtype(result = "Result<String, SwarmError>")]
+pub struct ExportAllowedSigners {
+    /// The conversation.
+    pub conversation: CommitId,
+}
+
+impl Handler<ExportAllowedSigners> for Account {
+    type Result = ResponseFuture<Result<String, SwarmError>>;
+
+    fn handle(&mut self, msg: ExportAllowedSigners, _: &mut Self::Context) -> Self::Result {
+        let addr = swarms(self).and_then(|sw| {
+            sw.registry
+                .get(&msg.conversation)
+                .map(|e| e.addr.clone())
+                .ok_or(SwarmError::NotFound(msg.conversation))
+        });
+        Box::pin(async move { Ok(addr?.send(AllowedSigners).await.map_err(mailbox)??) })
+    }
+}

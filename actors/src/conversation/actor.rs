@@ -1,0 +1,390 @@
+//! The `Conversation` actor: one per swarm, the only owner of its [`Store`].
+//!
+//! It runs in its own one-thread `SyncArbiter`, so libgit2's blocking work
+//! never runs on an arbiter that serves other actors, and one slow swarm
+//! never stalls another. The store is reopened from disk lazily: after any
+//! git error the actor drops it and the next message opens it again, and if
+//! the actor itself stops, the arbiter builds a fresh one from the same path
+//! (its factory only remembers the path and the signer). Either way a failing
+//! conversation recovers from its repository without taking its account down.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use starling_protocol::swarm::body::{Body, BodyKind, MemberAction};
+use starling_protocol::swarm::ids::CommitId;
+use starling_protocol::swarm::state::PROFILE_PATH;
+use starling_protocol::{AccountId, DeviceId};
+
+use super::metrics::SwarmMetrics;
+use super::sign::DeviceSigner;
+use super::store::{oid, FetchReport, Store, StoreError};
+
+/// What went wrong in a conversation.
+#[derive(Debug, thiserror::Error)]
+pub enum ConversationError {
+    #[error("conversation {conversation}: {source}")]
+    Store {
+        conversation: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("conversation actor is gone")]
+    Gone,
+}
+
+/// An account's role in a swarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// May invite (in admin-only mode), vote and ban.
+    Admin,
+    /// A member.
+    Member,
+    /// Invited, not yet joined.
+    Invited,
+}
+
+/// What the account needs to know of a swarm to route and refuse channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmView {
+    /// The conversation id.
+    pub id: CommitId,
+    /// The accepted head.
+    pub head: CommitId,
+    /// Members, admins and invitees with their roles.
+    pub members: BTreeMap<AccountId, Role>,
+    /// Devices of current members (not banned): who may sync.
+    pub member_devices: BTreeSet<DeviceId>,
+    /// The profile's title, if it has one.
+    pub title: Option<String>,
+}
+
+impl SwarmView {
+    /// Whether `account` is invited and not yet a member.
+    pub fn is_invited(&self, account: &AccountId) -> bool {
+        self.members.get(account) == Some(&Role::Invited)
+    }
+}
+
+/// One text message as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MessageItem {
+    /// Commit id.
+    pub id: String,
+    /// Author's account id.
+    pub author: Option<AccountId>,
+    /// The text.
+    pub body: String,
+    /// Commit time, seconds since the Unix epoch.
+    pub timestamp: i64,
+    /// The message it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+/// The conversation actor.
+pub struct Conversation {
+    path: PathBuf,
+    signer: DeviceSigner,
+    store: Option<Store>,
+    metrics: SwarmMetrics,
+    /// Rejections already counted into `metrics`, by reason.
+    counted_rejections: BTreeMap<&'static str, u64>,
+}
+
+impl Conversation {
+    /// A conversation over the repository at `path` (opened on first use).
+    pub fn new(path: PathBuf, signer: DeviceSigner, metrics: SwarmMetrics) -> Self {
+        Self {
+            path,
+            signer,
+            store: None,
+            metrics,
+            counted_rejections: BTreeMap::new(),
+        }
+    }
+
+    /// Starts the actor on its own thread.
+    pub fn start_on_own_thread(
+        path: PathBuf,
+        signer: DeviceSigner,
+        metrics: SwarmMetrics,
+    ) -> Addr<Self> {
+        SyncArbiter::start(1, move || {
+            Conversation::new(path.clone(), signer.clone(), metrics.clone())
+        })
+    }
+
+    fn store(&mut self) -> Result<&mut Store, StoreError> {
+        if self.store.is_none() {
+            let store = Store::open(&self.path)?;
+            // A reopened store counts from zero again.
+            self.counted_rejections.clear();
+            self.store = Some(store);
+        }
+        Ok(self.store.as_mut().expect("opened just above"))
+    }
+
+    /// Runs `f` on the store; a failure drops the store so the next message
+    /// reopens it from disk.
+    fn with_store<T>(
+        &mut self,
+        f: impl FnOnce(&mut Store, &DeviceSigner) -> Result<T, StoreError>,
+    ) -> Result<T, ConversationError> {
+        let signer = self.signer.clone();
+        let result = self.store().and_then(|store| f(store, &signer));
+        if result.is_err() {
+            self.store = None;
+        }
+        result.map_err(|source| ConversationError::Store {
+            conversation: self.path.display().to_string(),
+            source,
+        })
+    }
+
+    fn count_rejections(&mut self) {
+        let Some(store) = self.store.as_ref() else {
+            return;
+        };
+        for (reason, count) in store.rejection_counts() {
+            let before = self.counted_rejections.insert(reason, *count).unwrap_or(0);
+            if *count > before {
+                self.metrics.rejected(reason, count - before);
+            }
+        }
+    }
+}
+
+impl Actor for Conversation {
+    type Context = SyncContext<Self>;
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn view_of(store: &mut Store) -> Result<SwarmView, StoreError> {
+    let state = store.state()?;
+    let mut members = BTreeMap::new();
+    for account in state.member_ids() {
+        let role = if state.is_admin(&account) {
+            Role::Admin
+        } else {
+            Role::Member
+        };
+        members.insert(account, role);
+    }
+    let mut member_devices = BTreeSet::new();
+    for device in state.device_ids() {
+        if state.is_banned_device(device) {
+            continue;
+        }
+        if let Some((cert, _)) = state.device(device) {
+            if state.is_member(&cert.claimed_account_id()) {
+                member_devices.insert(*device);
+            }
+        }
+    }
+    for (path, _) in state.files().iter() {
+        if let Some(id) = path.strip_prefix("invited/") {
+            if let Ok(account) = id.parse::<AccountId>() {
+                members.entry(account).or_insert(Role::Invited);
+            }
+        }
+    }
+    let title = state
+        .files()
+        .get(PROFILE_PATH)
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).ok())
+        .and_then(|profile| profile["title"].as_str().map(str::to_owned));
+    Ok(SwarmView {
+        id: store.conversation(),
+        head: store.head()?,
+        members,
+        member_devices,
+        title,
+    })
+}
+
+/// Whether accepted history (reachable from `head`) has `id`. Objects that
+/// are merely in the object database (quarantined, rejected) do not count.
+fn holds(store: &Store, head: git2::Oid, id: &CommitId) -> bool {
+    let id = oid(id);
+    let repo = store.repository();
+    id == head
+        || (repo.find_commit(id).is_ok() && repo.graph_descendant_of(head, id).unwrap_or(false))
+}
+
+/// Asks for the swarm's current [`SwarmView`].
+#[derive(Message)]
+#[rtype(result = "Result<SwarmView, ConversationError>")]
+pub struct GetView;
+
+impl Handler<GetView> for Conversation {
+    type Result = Result<SwarmView, ConversationError>;
+    fn handle(&mut self, _: GetView, _: &mut Self::Context) -> Self::Result {
+        self.with_store(|store, _| view_of(store))
+    }
+}
+
+/// Authors a commit (a message, an invitation, a join, a profile) on the head.
+#[derive(Message)]
+#[rtype(result = "Result<(CommitId, SwarmView), ConversationError>")]
+pub struct Author {
+    /// What the commit does.
+    pub kind: BodyKind,
+    /// The chosen content of the profile or CRL file, when `kind` needs one.
+    pub content: Option<Vec<u8>>,
+}
+
+impl Handler<Author> for Conversation {
+    type Result = Result<(CommitId, SwarmView), ConversationError>;
+    fn handle(&mut self, msg: Author, _: &mut Self::Context) -> Self::Result {
+        let is_text = matches!(msg.kind, BodyKind::Text { .. });
+        let result = self.with_store(|store, signer| {
+            let id = store.author(signer, msg.kind, msg.content, now_secs())?;
+            Ok((id, view_of(store)?))
+        });
+        if result.is_ok() && is_text {
+            self.metrics.messages_sent.inc();
+        }
+        result
+    }
+}
+
+/// Which of `heads` the repository already holds (as accepted history).
+#[derive(Message)]
+#[rtype(result = "Result<BTreeSet<CommitId>, ConversationError>")]
+pub struct Holds(pub Vec<CommitId>);
+
+impl Handler<Holds> for Conversation {
+    type Result = Result<BTreeSet<CommitId>, ConversationError>;
+    fn handle(&mut self, msg: Holds, _: &mut Self::Context) -> Self::Result {
+        self.with_store(|store, _| {
+            let head = oid(&store.head()?);
+            Ok(msg
+                .0
+                .into_iter()
+                .filter(|id| holds(store, head, id))
+                .collect())
+        })
+    }
+}
+
+/// Validates and merges what a fetch from `peer` left in quarantine, then
+/// says which of `wanted` are now held.
+#[derive(Message)]
+#[rtype(result = "Result<Received, ConversationError>")]
+pub struct ReceiveQuarantined {
+    /// The peer device the objects came from.
+    pub peer: DeviceId,
+    /// Heads the fetch was meant to bring.
+    pub wanted: Vec<CommitId>,
+}
+
+/// The result of [`ReceiveQuarantined`].
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// What the store did.
+    pub report: FetchReport,
+    /// The swarm afterwards.
+    pub view: SwarmView,
+    /// Which wanted heads are now held.
+    pub held: BTreeSet<CommitId>,
+}
+
+impl Handler<ReceiveQuarantined> for Conversation {
+    type Result = Result<Received, ConversationError>;
+    fn handle(&mut self, msg: ReceiveQuarantined, _: &mut Self::Context) -> Self::Result {
+        let peer = msg.peer.to_hex();
+        let result = self.with_store(|store, signer| {
+            let report = store.receive_quarantined(&peer, signer, now_secs())?;
+            let head = oid(&store.head()?);
+            let held = msg
+                .wanted
+                .into_iter()
+                .filter(|id| holds(store, head, id))
+                .collect();
+            Ok(Received {
+                view: view_of(store)?,
+                report,
+                held,
+            })
+        });
+        self.count_rejections();
+        if let Ok(received) = &result {
+            self.metrics
+                .commits_accepted
+                .inc_by(received.report.accepted as u64);
+        }
+        result
+    }
+}
+
+/// The newest `limit` text messages, newest first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<MessageItem>, ConversationError>")]
+pub struct ListMessages {
+    /// How many at most.
+    pub limit: usize,
+}
+
+impl Handler<ListMessages> for Conversation {
+    type Result = Result<Vec<MessageItem>, ConversationError>;
+    fn handle(&mut self, msg: ListMessages, _: &mut Self::Context) -> Self::Result {
+        self.with_store(|store, _| {
+            let state = store.state()?;
+            let views = store.last_messages(msg.limit)?;
+            Ok(views
+                .into_iter()
+                .filter_map(|view| {
+                    let Body::Known {
+                        kind:
+                            BodyKind::Text {
+                                text,
+                                reply_to,
+                                edit_of: None,
+                            },
+                        ..
+                    } = view.body
+                    else {
+                        return None;
+                    };
+                    let author = view
+                        .device
+                        .and_then(|d| state.device(&d).map(|(c, _)| c.claimed_account_id()));
+                    Some(MessageItem {
+                        id: view.id.to_hex(),
+                        author,
+                        body: text,
+                        timestamp: view.key.time_secs,
+                        reply_to: reply_to.map(|r| r.to_hex()),
+                    })
+                })
+                .collect())
+        })
+    }
+}
+
+/// The allowed-signers file for `git verify-commit`.
+#[derive(Message)]
+#[rtype(result = "Result<String, ConversationError>")]
+pub struct AllowedSigners;
+
+impl Handler<AllowedSigners> for Conversation {
+    type Result = Result<String, ConversationError>;
+    fn handle(&mut self, _: AllowedSigners, _: &mut Self::Context) -> Self::Result {
+        self.with_store(|store, _| store.allowed_signers())
+    }
+}
+
+/// The membership action of a commit kind, for callers building one.
+pub fn member(action: MemberAction, account: AccountId) -> BodyKind {
+    BodyKind::Member { action, account }
+}

@@ -1,0 +1,531 @@
+//! Three real `starling up` daemons (alice, bob, carol) on loopback with
+//! static peers, driven only through the CLI (a client of the API): a swarm
+//! is created, invitations travel over the network, invitees join by cloning
+//! over QUIC, everyone writes, and every replica lists the same messages in
+//! the same order. Carol then goes offline while the others write, and comes
+//! back first while alice is still online and then when only bob is; she
+//! catches up both times. Stock git checks her replica at the end, and the
+//! API's refusals (bad token, bad JSON, unknown conversation, oversize text)
+//! leave state untouched.
+
+use std::collections::BTreeSet;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a daemon may take to publish run.json or to stop.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+/// How long replicas may take to converge or an invitation to arrive.
+const SYNC_DEADLINE: Duration = Duration::from_secs(60);
+
+fn starling(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("STARLING_DATA_DIR")
+        .env_remove("STARLING_API")
+        .env_remove("STARLING_LISTEN")
+        .env_remove("STARLING_PEERS")
+        .output()
+        .expect("the starling binary runs")
+}
+
+fn json(output: Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("--json prints JSON")
+}
+
+/// A UDP port free right now on loopback (the daemon binds it a moment later).
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    name: &'static str,
+    dir: PathBuf,
+    account_id: String,
+    port: u16,
+    child: Option<Child>,
+    api: String,
+    token: String,
+}
+
+impl Node {
+    fn create(root: &Path, name: &'static str) -> Node {
+        let dir = root.join(name);
+        json(starling(
+            &dir,
+            &["--json", "account", "create", "--display-name", name],
+        ));
+        let shown = json(starling(&dir, &["--json", "account", "show"]));
+        Node {
+            name,
+            dir,
+            account_id: shown["account_id"].as_str().unwrap().to_owned(),
+            port: free_udp_port(),
+            child: None,
+            api: String::new(),
+            token: String::new(),
+        }
+    }
+
+    fn peer_addr(&self) -> String {
+        format!("{}@127.0.0.1:{}", self.account_id, self.port)
+    }
+
+    fn start(&mut self, peers: &[String]) {
+        let _ = std::fs::remove_file(self.dir.join("run.json"));
+        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["up", "--api", "127.0.0.1:0", "--listen"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .env_remove("STARLING_API")
+            .env_remove("STARLING_LISTEN")
+            .env("STARLING_PEERS", peers.join(","))
+            .env("STARLING_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starling up starts");
+        let run_file = self.dir.join("run.json");
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        let run: Value = loop {
+            if let Some(run) = std::fs::read_to_string(&run_file)
+                .ok()
+                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+                .filter(|run| run["pid"] == child.id())
+            {
+                break run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not publish run.json in time",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(run["listen"], format!("127.0.0.1:{}", self.port));
+        self.api = run["api"].as_str().unwrap().to_owned();
+        self.token = std::fs::read_to_string(self.dir.join("api.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let kill = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "{} exited with {status}", self.name);
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not stop within {STARTUP_DEADLINE:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let output = starling(&self.dir, &all);
+        assert!(
+            output.status.success(),
+            "{} {:?}: {}",
+            self.name,
+            args,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("--json prints JSON")
+    }
+
+    fn send(&self, conversation: &str, text: &str) -> String {
+        self.cli(&["send", conversation, text])["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// (id, author, body) of every message, newest first.
+    fn messages(&self, conversation: &str) -> Vec<(String, String, String)> {
+        let list = self.cli(&["messages", conversation, "--limit", "1000"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                assert!(m["timestamp"].as_i64().unwrap() > 0);
+                (
+                    m["id"].as_str().unwrap().to_owned(),
+                    m["author"].as_str().unwrap().to_owned(),
+                    m["body"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn request(&self, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, String) {
+        let request = ureq::request(method, &format!("{}{path}", self.api))
+            .timeout(Duration::from_secs(10))
+            .set("Authorization", &format!("Bearer {token}"))
+            .set("Content-Type", "application/json");
+        let result = match body {
+            Some(body) => request.send_string(body),
+            None => request.call(),
+        };
+        match result {
+            Ok(response) => (response.status(), response.into_string().unwrap()),
+            Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap()),
+            Err(other) => panic!("{method} {path}: {other}"),
+        }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = ureq::get(&format!("{}/metrics", self.api))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            if let Ok(log) = std::fs::read_to_string(self.dir.join("daemon.log")) {
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("--- {} log (last lines, newest first) ---", self.name);
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after [`SYNC_DEADLINE`].
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + SYNC_DEADLINE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until every node lists the same `expected` bodies (as a set) in the
+/// same order; returns that list.
+fn converge(
+    nodes: &[&Node],
+    conversation: &str,
+    expected: &BTreeSet<String>,
+) -> Vec<(String, String, String)> {
+    let started = Instant::now();
+    let list = wait_for("replicas to converge", || {
+        let lists: Vec<_> = nodes.iter().map(|n| n.messages(conversation)).collect();
+        let bodies: BTreeSet<String> = lists[0].iter().map(|m| m.2.clone()).collect();
+        (lists.windows(2).all(|w| w[0] == w[1]) && &bodies == expected).then(|| lists[0].clone())
+    });
+    eprintln!(
+        "converged on {} messages across {} nodes in {:?}",
+        list.len(),
+        nodes.len(),
+        started.elapsed()
+    );
+    list
+}
+
+fn git(dir: &Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("git runs");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+#[test]
+fn three_daemons_sync_a_swarm_and_catch_up_after_downtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut alice = Node::create(tmp.path(), "alice");
+    let mut bob = Node::create(tmp.path(), "bob");
+    let mut carol = Node::create(tmp.path(), "carol");
+    let (a, b, c) = (alice.peer_addr(), bob.peer_addr(), carol.peer_addr());
+    alice.start(&[b.clone(), c.clone()]);
+    bob.start(&[a.clone(), c.clone()]);
+    carol.start(&[a.clone(), b.clone()]);
+    let status = alice.cli(&["status"]);
+    assert_eq!(status["listen"], format!("127.0.0.1:{}", alice.port));
+    assert_eq!(status["account_id"], alice.account_id.as_str());
+
+    let id = alice.cli(&["swarm", "create", "--title", "Flock"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.cli(&["swarm", "invite", &id, &bob.account_id]);
+    alice.cli(&["swarm", "invite", &id, &carol.account_id]);
+    for invitee in [&bob, &carol] {
+        wait_for("the invitation to arrive", || {
+            let invites = invitee.cli(&["swarm", "invites"]);
+            invites
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["conversation"] == id.as_str())
+                .then_some(())
+        });
+        let invites = invitee.cli(&["swarm", "invites"]);
+        assert_eq!(invites[0]["title"], "Flock");
+        assert_eq!(invites[0]["from"][0], alice.account_id.as_str());
+        invitee.cli(&["swarm", "join", &id]);
+    }
+    let members = wait_for("alice to see both joins", || {
+        let members = alice.cli(&["swarm", "members", &id]);
+        let roles: Vec<(String, String)> = members
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["account_id"].as_str().unwrap().to_owned(),
+                    m["role"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        roles
+            .iter()
+            .all(|(_, role)| role != "invited")
+            .then_some(roles)
+    });
+    assert_eq!(members.len(), 3);
+    let listed = carol.cli(&["swarm", "list"]);
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["title"], "Flock");
+    assert!(members.contains(&(alice.account_id.clone(), "admin".into())));
+    assert!(members.contains(&(bob.account_id.clone(), "member".into())));
+    assert!(members.contains(&(carol.account_id.clone(), "member".into())));
+
+    let mut expected = BTreeSet::new();
+    for node in [&alice, &bob, &carol] {
+        let text = format!("hello from {}", node.name);
+        node.send(&id, &text);
+        expected.insert(text);
+    }
+    let list = converge(&[&alice, &bob, &carol], &id, &expected);
+    for (_, author, body) in &list {
+        let node = [&alice, &bob, &carol]
+            .into_iter()
+            .find(|n| body.ends_with(n.name))
+            .unwrap();
+        assert_eq!(author, &node.account_id, "author of {body:?}");
+    }
+
+    // Carol goes offline; alice and bob keep writing; carol comes back.
+    carol.stop();
+    for i in 0..2 {
+        for node in [&alice, &bob] {
+            let text = format!("{} while carol is away #{i}", node.name);
+            node.send(&id, &text);
+            expected.insert(text);
+        }
+    }
+    carol.start(&[a.clone(), b.clone()]);
+    converge(&[&alice, &bob, &carol], &id, &expected);
+
+    // Again, but only bob is online when carol returns: she catches up from
+    // him, including what alice wrote before leaving.
+    carol.stop();
+    for node in [&alice, &bob] {
+        let text = format!("{} before alice leaves", node.name);
+        node.send(&id, &text);
+        expected.insert(text);
+    }
+    converge(&[&alice, &bob], &id, &expected);
+    alice.stop();
+    let text = "bob alone".to_owned();
+    bob.send(&id, &text);
+    expected.insert(text);
+    carol.start(&[a.clone(), b.clone()]);
+    let list = converge(&[&bob, &carol], &id, &expected);
+    assert_eq!(list.len(), expected.len());
+    assert!(carol.metric("starling_swarm_fetches_total") >= 1.0);
+    assert!(carol.metric("starling_messages_received_total") >= 1.0);
+    assert_eq!(carol.metric("starling_conversations"), 1.0);
+
+    // The API's refusals leave state untouched.
+    let before = carol.messages(&id);
+    let path = format!("/v1/swarms/{id}/messages");
+    let (code, _) = carol.request("POST", &path, "wrong", Some(r#"{"text":"x"}"#));
+    assert_eq!(code, 401);
+    let (code, body) = carol.request("POST", &path, &carol.token, Some(r#"{"text":"#));
+    assert_eq!(code, 400, "{body}");
+    let unknown = format!("/v1/swarms/{}/messages", "0".repeat(40));
+    let (code, body) = carol.request("POST", &unknown, &carol.token, Some(r#"{"text":"x"}"#));
+    assert_eq!(code, 404, "{body}");
+    let big = serde_json::json!({ "text": "x".repeat(40 * 1024) }).to_string();
+    let (code, body) = carol.request("POST", &path, &carol.token, Some(&big));
+    assert_eq!(code, 413, "{body}");
+    assert_eq!(carol.messages(&id), before);
+
+    // Stock git on carol's replica.
+    let members_before = carol.cli(&["swarm", "members", &id]);
+    carol.stop();
+    let repo = carol.dir.join("swarms").join(format!("{id}.git"));
+    let (ok, out) = git(&repo, &["fsck", "--strict", "--no-dangling"]);
+    assert!(ok && !out.contains("warning"), "git fsck --strict: {out}");
+    // Restart persistence: with no peers of her own, carol still lists
+    // the same messages and members (bob has nothing newer to give her).
+    carol.start(&[]);
+    assert_eq!(carol.messages(&id), before);
+    assert_eq!(carol.cli(&["swarm", "members", &id]), members_before);
+    let signers = tmp.path().join("allowed_signers");
+    carol.cli(&[
+        "swarm",
+        "allowed-signers",
+        &id,
+        "--out",
+        signers.to_str().unwrap(),
+    ]);
+    let (ok, list) = git(&repo, &["rev-list", "HEAD"]);
+    assert!(ok, "{list}");
+    assert!(list.lines().count() >= expected.len() + 4);
+    let file = format!("gpg.ssh.allowedSignersFile={}", signers.display());
+    for commit in list.lines() {
+        let (ok, out) = git(
+            &repo,
+            &["-c", "gpg.format=ssh", "-c", &file, "verify-commit", commit],
+        );
+        assert!(ok, "git verify-commit {commit}: {out}");
+    }
+}
+
+/// Messages timed by the latency measurement.
+const LATENCY_MESSAGES: usize = 50;
+
+/// Two daemons: time from `POST …/messages` on alice answering to bob's API
+/// listing the message (polled every millisecond), over `LATENCY_MESSAGES`
+/// messages. Prints p50 and p99; fails only if a message never arrives.
+#[test]
+fn message_latency_between_two_daemons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut alice = Node::create(tmp.path(), "alice");
+    let mut bob = Node::create(tmp.path(), "bob");
+    let (a, b) = (alice.peer_addr(), bob.peer_addr());
+    alice.start(std::slice::from_ref(&b));
+    bob.start(std::slice::from_ref(&a));
+    let id = alice.cli(&["swarm", "create"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.cli(&["swarm", "invite", &id, &bob.account_id]);
+    wait_for("the invitation", || {
+        bob.cli(&["swarm", "invites"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["conversation"] == id.as_str())
+            .then_some(())
+    });
+    bob.cli(&["swarm", "join", &id]);
+    wait_for("alice to see bob join", || {
+        alice
+            .cli(&["swarm", "members", &id])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["role"] != "invited")
+            .then_some(())
+    });
+    let post = format!("/v1/swarms/{id}/messages");
+    let newest = format!("/v1/swarms/{id}/messages?limit=1");
+    let mut latencies = Vec::with_capacity(LATENCY_MESSAGES);
+    for i in 0..LATENCY_MESSAGES {
+        let body = serde_json::json!({ "text": format!("ping {i}") }).to_string();
+        let (code, answer) = alice.request("POST", &post, &alice.token, Some(&body));
+        assert_eq!(code, 201, "{answer}");
+        let sent = Instant::now();
+        let message: Value = serde_json::from_str(&answer).unwrap();
+        let deadline = sent + SYNC_DEADLINE;
+        loop {
+            let (code, list) = bob.request("GET", &newest, &bob.token, None);
+            assert_eq!(code, 200);
+            if list.contains(message["id"].as_str().unwrap()) {
+                latencies.push(sent.elapsed());
+                break;
+            }
+            assert!(Instant::now() < deadline, "message {i} never reached bob");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    eprintln!(
+        "latency alice API -> bob API over {} messages: p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        at(0.50),
+        at(0.99),
+        latencies[latencies.len() - 1]
+    );
+
+    // Sustained writes into the swarm from one client, then how long bob
+    // takes to hold all of them.
+    let started = Instant::now();
+    let mut last = String::new();
+    for i in 0..THROUGHPUT_MESSAGES {
+        let body = serde_json::json!({ "text": format!("burst {i}") }).to_string();
+        let (code, answer) = alice.request("POST", &post, &alice.token, Some(&body));
+        assert_eq!(code, 201, "{answer}");
+        last = serde_json::from_str::<Value>(&answer).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let written = started.elapsed();
+    wait_for("bob to hold the burst", || {
+        let (_, list) = bob.request("GET", &newest, &bob.token, None);
+        list.contains(&last).then_some(())
+    });
+    eprintln!(
+        "{THROUGHPUT_MESSAGES} messages written at {:.0}/s (one client, sequential); bob held all {:?} after the first",
+        THROUGHPUT_MESSAGES as f64 / written.as_secs_f64(),
+        started.elapsed()
+    );
+}
+
+/// Messages written back to back for the throughput figure.
+const THROUGHPUT_MESSAGES: usize = 300;
