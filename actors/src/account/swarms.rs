@@ -7,7 +7,7 @@
 //! git, who may open `swarm/<id>` and `git/<id>` and whom to tell about new
 //! heads.
 //!
-//! Sync, as designed in `docs/DAEMON-notes.md`:
+//! Sync, as specified in `docs/PROTOCOL.md` §10:
 //! - every new head (authored, merged or fetched) is announced in a `heads`
 //!   frame on a fresh `swarm/<id>` channel to each connected member device;
 //! - on every connection up, and every [`ANTI_ENTROPY_INTERVAL`], heads are
