@@ -10,16 +10,18 @@
 //!   healthy, ask Prometheus's own HTTP API that every node is scraped and
 //!   that every dashboard query has data, cut the universities apart and heal
 //!   them with `deploy/partition.sh` and probe reachability from inside the
-//!   containers, recreate the containers and find every account kept, scale
+//!   containers, sync a swarm across the cut and heal (below), recreate the containers and find every account kept, scale
 //!   out and see Prometheus find the new nodes, and `fleet.sh down` leaving
 //!   nothing behind (a guard tears the fleet down on failure too).
 //!
 //! A test whose tool is missing prints `SKIPPED: <why>` (shown in the test
 //! output by `.config/nextest.toml`) instead of passing silently.
 //!
-//! Still to come with swarm messaging (issue 8, after issue 5): create a swarm
-//! through the API, invite every node, send on both sides of a cut, heal, and
-//! check that every node ends with every message.
+//! The fleet test also drives swarm sync through each node's API: every node
+//! is told about every other (`POST /v1/peers`), a1 creates a swarm and
+//! invites all, everyone joins, each university writes during the cut and
+//! sees only its own side's messages, and after the heal every node holds
+//! every message.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -39,6 +41,12 @@ const FLEET_UP_SECONDS_MAX: u64 = 300;
 const FLEET_DOWN_SECONDS_MAX: u64 = 120;
 /// Bound on Prometheus showing what the test waits for.
 const PROMETHEUS_DEADLINE: Duration = Duration::from_secs(90);
+/// Bound on swarm sync in the fleet: an invitation, a join, replicas
+/// converging (after a heal that includes QUIC noticing the dead connection,
+/// 30 s idle timeout, and redialling).
+const SYNC_DEADLINE: Duration = Duration::from_secs(150);
+/// Messages each node sends during the cut.
+const MESSAGES_PER_NODE_DURING_CUT: usize = 2;
 /// Bound on one reachability probe from inside a container.
 const PROBE_SECONDS_MAX: u64 = 3;
 /// Series Prometheus makes for every target itself; a dashboard may query them.
@@ -794,6 +802,59 @@ impl NodeApi {
             Err(e) => panic!("GET {path} on node {}: {e}", self.container),
         }
     }
+
+    /// `POST path` with a JSON body and the token; (status, JSON body).
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let request = ureq::post(&format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30))
+            .set("Authorization", &format!("Bearer {}", self.token));
+        match request.send_json(body) {
+            Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
+            Err(e) => panic!("POST {path} on node {}: {e}", self.container),
+        }
+    }
+
+    /// `GET path` with the token, which must answer 200; its JSON body.
+    fn get_ok(&self, path: &str) -> Value {
+        let (code, body) = self.get(path, true);
+        assert_eq!(code, 200, "GET {path} on node {}: {body}", self.container);
+        body
+    }
+
+    /// (id, author, body) of every message of the swarm this node holds.
+    fn messages(&self, swarm: &str) -> BTreeSet<(String, String, String)> {
+        let list = self.get_ok(&format!("/v1/swarms/{swarm}/messages?limit=1000"));
+        list.as_array()
+            .unwrap_or_else(|| panic!("messages on node {}: {list}", self.container))
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap_or_default().to_owned(),
+                    m["author"].as_str().unwrap_or_default().to_owned(),
+                    m["body"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// (account, role) of every member of the swarm this node knows.
+    fn members(&self, swarm: &str) -> BTreeSet<(String, String)> {
+        let (code, list) = self.get(&format!("/v1/swarms/{swarm}/members"), true);
+        if code != 200 {
+            return BTreeSet::new();
+        }
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m["account_id"].as_str().unwrap_or_default().to_owned(),
+                    m["role"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
 }
 
 /// Every node of the fleet, with its API.
@@ -847,18 +908,94 @@ fn series(result: &Value) -> Vec<(Value, String)> {
         .collect()
 }
 
-/// Polls `check` until it returns Some, or fails after PROMETHEUS_DEADLINE.
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + PROMETHEUS_DEADLINE;
+/// Polls `check` until it returns Ok, or fails after PROMETHEUS_DEADLINE.
+fn eventually<T>(what: &str, check: impl FnMut() -> Result<T, String>) -> T {
+    eventually_within(PROMETHEUS_DEADLINE, what, check)
+}
+
+/// Polls `check` every second until it returns Ok, or fails after `bound`.
+fn eventually_within<T>(
+    bound: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + bound;
     loop {
         match check() {
             Ok(value) => return value,
             Err(last) if Instant::now() > deadline => {
-                panic!("{what}: not true within {PROMETHEUS_DEADLINE:?}; last: {last}")
+                panic!("{what}: not true within {bound:?}; last: {last}")
             }
             Err(_) => std::thread::sleep(Duration::from_secs(1)),
         }
     }
+}
+
+/// A fleet node in the swarm test: its API, university and account.
+struct SwarmNode {
+    api: NodeApi,
+    university: &'static str,
+    account: String,
+}
+
+impl SwarmNode {
+    /// Short name for messages and failures: university and container id prefix.
+    fn name(&self) -> String {
+        format!("{}/{}", self.university, &self.api.container[..12])
+    }
+}
+
+/// Every fleet node with its account id, uni-a's first.
+fn swarm_nodes(fleet: &Fleet) -> Vec<SwarmNode> {
+    let mut nodes = Vec::new();
+    for university in ["uni-a", "uni-b"] {
+        for id in fleet.containers(university) {
+            let api = NodeApi::of(fleet, &id, university);
+            let status = api.get_ok("/v1/status");
+            let account = status["account_id"].as_str().unwrap().to_owned();
+            nodes.push(SwarmNode {
+                api,
+                university,
+                account,
+            });
+        }
+    }
+    nodes
+}
+
+/// Tells every node of `nodes` about every other (`POST /v1/peers`): within
+/// a university at the campus address, which a cut leaves alone; across at
+/// the internet address. With `across_only`, just the latter (after a heal,
+/// whose reconnection may give the nodes new internet addresses).
+fn introduce_peers(fleet: &Fleet, nodes: &[SwarmNode], across_only: bool) {
+    for node in nodes {
+        for other in nodes {
+            let same = node.university == other.university;
+            if node.account == other.account || (same && across_only) {
+                continue;
+            }
+            let network = if same {
+                fleet.network(other.university)
+            } else {
+                fleet.network("internet")
+            };
+            let ip = ip_on(&other.api.container, &network)
+                .unwrap_or_else(|| panic!("{} is not on {network}", other.name()));
+            let peer = format!("{}@{ip}:7420", other.account);
+            let (code, body) = node
+                .api
+                .post("/v1/peers", serde_json::json!({ "peer": peer }));
+            assert_eq!(code, 200, "{} adding peer {peer}: {body}", node.name());
+        }
+    }
+}
+
+/// Message ids held by each node of `nodes`.
+fn message_ids(nodes: &[&SwarmNode], swarm: &str) -> Vec<BTreeSet<String>> {
+    nodes
+        .iter()
+        .map(|n| n.api.messages(swarm).into_iter().map(|m| m.0).collect())
+        .collect()
 }
 
 /// Instances whose latest scrape, newer than `since` (Unix seconds),
@@ -1074,6 +1211,101 @@ fn compose_fleet_is_healthy_scraped_partitioned_healed_and_removed() {
     );
     assert!(reaches(a1, &a2_campus), "uni-a reaches its own nodes");
 
+    // The swarm, through the API: every node keeps a connection to every
+    // other; a1 creates a swarm and invites all; each invitee joins.
+    let nodes = swarm_nodes(&fleet);
+    assert_eq!(nodes.len(), 2 * NODES_PER_UNIVERSITY);
+    assert_eq!(&nodes[0].api.container, a1);
+    introduce_peers(&fleet, &nodes, false);
+    let creator = &nodes[0];
+    let (code, created) = creator
+        .api
+        .post("/v1/swarms", serde_json::json!({ "title": "Fleet" }));
+    assert_eq!(code, 201, "creating the swarm: {created}");
+    let swarm = created["id"].as_str().unwrap().to_owned();
+    for invitee in &nodes[1..] {
+        // 409 while a1 is not yet connected to the invitee.
+        eventually_within(
+            SYNC_DEADLINE,
+            &format!("a1 invites {}", invitee.name()),
+            || {
+                let (code, body) = creator.api.post(
+                    &format!("/v1/swarms/{swarm}/invites"),
+                    serde_json::json!({ "account_id": invitee.account }),
+                );
+                match code {
+                    200 | 201 => Ok(()),
+                    409 => Err(body.to_string()),
+                    _ => panic!("inviting {}: {code} {body}", invitee.name()),
+                }
+            },
+        );
+    }
+    for invitee in &nodes[1..] {
+        eventually_within(
+            SYNC_DEADLINE,
+            &format!("{} receives the invitation", invitee.name()),
+            || {
+                let invites = invitee.api.get_ok("/v1/invites");
+                let found = invites
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|i| i["conversation"] == swarm.as_str());
+                if found {
+                    Ok(())
+                } else {
+                    Err(invites.to_string())
+                }
+            },
+        );
+        eventually_within(SYNC_DEADLINE, &format!("{} joins", invitee.name()), || {
+            let (code, body) = invitee
+                .api
+                .post(&format!("/v1/swarms/{swarm}/join"), serde_json::json!({}));
+            if code == 200 || code == 201 {
+                Ok(())
+            } else {
+                Err(format!("{code} {body}"))
+            }
+        });
+    }
+    let expected_members: BTreeSet<(String, String)> = nodes
+        .iter()
+        .map(|n| {
+            let role = if n.account == creator.account {
+                "admin"
+            } else {
+                "member"
+            };
+            (n.account.clone(), role.to_owned())
+        })
+        .collect();
+    eventually_within(SYNC_DEADLINE, "all four list the same members", || {
+        let lists: Vec<_> = nodes.iter().map(|n| n.api.members(&swarm)).collect();
+        if lists.iter().all(|l| l == &expected_members) {
+            Ok(())
+        } else {
+            Err(format!("{lists:?}"))
+        }
+    });
+    let (code, hello) = creator.api.post(
+        &format!("/v1/swarms/{swarm}/messages"),
+        serde_json::json!({ "text": "before the cut" }),
+    );
+    assert_eq!(code, 201, "{hello}");
+    let before_cut: BTreeSet<String> = [hello["id"].as_str().unwrap().to_owned()].into();
+    let everyone: Vec<&SwarmNode> = nodes.iter().collect();
+    eventually_within(SYNC_DEADLINE, "every node holds the first message", || {
+        let held = message_ids(&everyone, &swarm);
+        if held.iter().all(|h| h == &before_cut) {
+            Ok(())
+        } else {
+            Err(format!("{held:?}"))
+        }
+    });
+    println!("swarm of four joined at {:?}", started.elapsed());
+
     let cut_at = unix_now();
     let cut = fleet.script(60, "deploy/partition.sh", &["cut"]);
     assert!(cut.status.success(), "partition.sh cut: {}", text(&cut));
@@ -1116,6 +1348,50 @@ fn compose_fleet_is_healthy_scraped_partitioned_healed_and_removed() {
         text(&status)
     );
 
+    // Each side writes during the cut, and sees its own side's messages and
+    // none of the other's.
+    let mut written: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for node in &nodes {
+        for i in 0..MESSAGES_PER_NODE_DURING_CUT {
+            let text = format!("{} during the cut #{i}", node.name());
+            let (code, sent) = node.api.post(
+                &format!("/v1/swarms/{swarm}/messages"),
+                serde_json::json!({ "text": text }),
+            );
+            assert_eq!(code, 201, "{} sending: {sent}", node.name());
+            written
+                .entry(node.university)
+                .or_default()
+                .insert(sent["id"].as_str().unwrap().to_owned());
+        }
+    }
+    for (university, other) in [("uni-a", "uni-b"), ("uni-b", "uni-a")] {
+        let side: Vec<&SwarmNode> = nodes
+            .iter()
+            .filter(|n| n.university == university)
+            .collect();
+        let expected: BTreeSet<String> = before_cut.union(&written[university]).cloned().collect();
+        eventually_within(
+            SYNC_DEADLINE,
+            &format!("{university} holds its own side's messages during the cut"),
+            || {
+                let held = message_ids(&side, &swarm);
+                if held.iter().all(|h| h == &expected) {
+                    Ok(())
+                } else {
+                    Err(format!("{held:?}"))
+                }
+            },
+        );
+        for held in message_ids(&side, &swarm) {
+            assert!(
+                held.is_disjoint(&written[other]),
+                "{university} holds {other}'s messages during the cut"
+            );
+        }
+    }
+    println!("each side wrote during the cut at {:?}", started.elapsed());
+
     let heal = fleet.script(60, "deploy/partition.sh", &["heal"]);
     assert!(heal.status.success(), "partition.sh heal: {}", text(&heal));
     let b1_internet = ip_on(b1, &internet).expect("b1 is back on the internet network");
@@ -1129,6 +1405,43 @@ fn compose_fleet_is_healthy_scraped_partitioned_healed_and_removed() {
         "after the heal, uni-b reaches uni-a"
     );
     println!("partition cut and healed at {:?}", started.elapsed());
+
+    // After the heal every node ends with every message.
+    introduce_peers(&fleet, &nodes, true);
+    let all: BTreeSet<String> = before_cut
+        .iter()
+        .chain(written.values().flatten())
+        .cloned()
+        .collect();
+    assert_eq!(all.len(), 1 + nodes.len() * MESSAGES_PER_NODE_DURING_CUT);
+    let healed_at = Instant::now();
+    eventually_within(SYNC_DEADLINE, "every node holds every message", || {
+        let held = message_ids(&everyone, &swarm);
+        if held.iter().all(|h| h == &all) {
+            Ok(())
+        } else {
+            Err(format!("{held:?}"))
+        }
+    });
+    let lists: Vec<_> = nodes.iter().map(|n| n.api.messages(&swarm)).collect();
+    assert!(
+        lists.windows(2).all(|w| w[0] == w[1]),
+        "the nodes disagree on the messages: {lists:?}"
+    );
+    println!(
+        "every node holds all {} messages {:?} after the heal",
+        all.len(),
+        healed_at.elapsed()
+    );
+    for node in &nodes {
+        let health = docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Health.Status}}",
+            &node.api.container,
+        ]);
+        assert_eq!(health.trim(), "healthy", "{} after the heal", node.name());
+    }
 
     // The upgrade path: recreating the containers (as a new image would)
     // keeps every node's data dir, so every node keeps its account.
