@@ -146,6 +146,26 @@ fn actor_gone(e: actix::MailboxError) -> ApiError {
     ApiError::Internal(format!("account actor: {e}"))
 }
 
+impl ApiState {
+    /// Asks the account actor; a dead mailbox and the handler's own error
+    /// both become API errors.
+    async fn ask<M, T, E>(&self, message: M) -> Result<T, ApiError>
+    where
+        M: actix::Message<Result = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+        Account: actix::Handler<M>,
+        ApiError: From<E>,
+    {
+        Ok(self.account.send(message).await.map_err(actor_gone)??)
+    }
+}
+
+fn account_id(text: &str) -> Result<AccountId, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::BadRequest(format!("account id: {e}")))
+}
+
 fn conversation_id(text: &str) -> Result<CommitId, ApiError> {
     text.parse()
         .map_err(|e| ApiError::BadRequest(format!("conversation id: {e}")))
@@ -169,13 +189,11 @@ async fn add_peer(
         .parse()
         .map_err(|e: anyhow::Error| ApiError::BadRequest(format!("{e:#}")))?;
     state
-        .account
-        .send(AddPeer {
+        .ask(AddPeer {
             addr: peer.addr,
             account: peer.account,
         })
-        .await
-        .map_err(actor_gone)??;
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "peer": peer.to_string() })))
 }
 
@@ -202,18 +220,16 @@ async fn create_swarm(
         })?,
     };
     let id = state
-        .account
-        .send(CreateSwarm {
+        .ask(CreateSwarm {
             mode,
             title: body.title,
         })
-        .await
-        .map_err(actor_gone)??;
+        .await?;
     Ok(HttpResponse::Created().json(json!({ "id": id.to_hex() })))
 }
 
 async fn list_swarms(_: Authorized, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let list = state.account.send(ListSwarms).await.map_err(actor_gone)??;
+    let list = state.ask(ListSwarms).await?;
     Ok(HttpResponse::Ok().json(list))
 }
 
@@ -231,18 +247,13 @@ async fn invite(
     body: web::Json<InviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = conversation_id(&path)?;
-    let account: AccountId = body
-        .account_id
-        .parse()
-        .map_err(|e| ApiError::BadRequest(format!("account id: {e}")))?;
+    let account = account_id(&body.account_id)?;
     state
-        .account
-        .send(Invite {
+        .ask(Invite {
             conversation,
             account,
         })
-        .await
-        .map_err(actor_gone)??;
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "invited": account })))
 }
 
@@ -253,18 +264,13 @@ async fn remove(
     body: web::Json<InviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = conversation_id(&path)?;
-    let account: AccountId = body
-        .account_id
-        .parse()
-        .map_err(|e| ApiError::BadRequest(format!("account id: {e}")))?;
+    let account = account_id(&body.account_id)?;
     state
-        .account
-        .send(RemoveMember {
+        .ask(RemoveMember {
             conversation,
             account: Some(account),
         })
-        .await
-        .map_err(actor_gone)??;
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "removed": account })))
 }
 
@@ -275,22 +281,16 @@ async fn leave(
 ) -> Result<HttpResponse, ApiError> {
     let conversation = conversation_id(&path)?;
     state
-        .account
-        .send(RemoveMember {
+        .ask(RemoveMember {
             conversation,
             account: None,
         })
-        .await
-        .map_err(actor_gone)??;
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "left": conversation.to_hex() })))
 }
 
 async fn invitations(_: Authorized, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let list = state
-        .account
-        .send(ListInvitations)
-        .await
-        .map_err(actor_gone)??;
+    let list = state.ask(ListInvitations).await?;
     Ok(HttpResponse::Ok().json(list))
 }
 
@@ -300,11 +300,7 @@ async fn join(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = conversation_id(&path)?;
-    state
-        .account
-        .send(Join { conversation })
-        .await
-        .map_err(actor_gone)??;
+    state.ask(Join { conversation }).await?;
     Ok(HttpResponse::Ok().json(json!({ "id": conversation.to_hex() })))
 }
 
@@ -332,14 +328,12 @@ async fn send_message(
         None => None,
     };
     let id = state
-        .account
-        .send(SendText {
+        .ask(SendText {
             conversation,
             text: body.text,
             reply_to,
         })
-        .await
-        .map_err(actor_gone)??;
+        .await?;
     Ok(HttpResponse::Created().json(json!({ "id": id.to_hex() })))
 }
 
@@ -365,13 +359,11 @@ async fn messages(
         .unwrap_or(MESSAGES_DEFAULT_LIMIT)
         .min(PAGE_MESSAGES_MAX);
     let list = state
-        .account
-        .send(Messages {
+        .ask(Messages {
             conversation,
             limit,
         })
-        .await
-        .map_err(actor_gone)??;
+        .await?;
     Ok(HttpResponse::Ok().json(list))
 }
 
@@ -381,11 +373,7 @@ async fn members(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = conversation_id(&path)?;
-    let list = state
-        .account
-        .send(Members { conversation })
-        .await
-        .map_err(actor_gone)??;
+    let list = state.ask(Members { conversation }).await?;
     Ok(HttpResponse::Ok().json(list))
 }
 
@@ -395,11 +383,7 @@ async fn allowed_signers(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = conversation_id(&path)?;
-    let text = state
-        .account
-        .send(ExportAllowedSigners { conversation })
-        .await
-        .map_err(actor_gone)??;
+    let text = state.ask(ExportAllowedSigners { conversation }).await?;
     Ok(HttpResponse::Ok().content_type("text/plain").body(text))
 }
 
@@ -418,11 +402,7 @@ struct Status {
 }
 
 async fn status(_: Authorized, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let account = state
-        .account
-        .send(GetStatus)
-        .await
-        .map_err(|e| ApiError::Internal(format!("account actor: {e}")))?;
+    let account = state.account.send(GetStatus).await.map_err(actor_gone)?;
     Ok(HttpResponse::Ok().json(Status {
         account,
         node: state.node.clone(),
