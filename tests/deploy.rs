@@ -25,13 +25,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-/// How long a local daemon may take to publish run.json.
-const DAEMON_STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+
+use support::{json, starling, Daemon};
+
 /// Bound on building the images (a fresh machine debootstraps the base and
 /// installs Prometheus from Debian's mirror).
 const IMAGE_BUILD_SECONDS_MAX: u64 = 900;
@@ -268,81 +270,16 @@ fn exported_names_come_from_type_lines() {
 // ---------------------------------------------------------------------------
 // A local daemon, for the metrics it really exports.
 
-/// A running `starling up`; killed on drop.
-struct Daemon {
-    child: Child,
-    api: String,
-    token: String,
-}
-
-impl Daemon {
-    fn start(data_dir: &Path) -> Daemon {
-        let created = Command::new(env!("CARGO_BIN_EXE_starling"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["account", "create", "--display-name", "Metrics"])
-            .env_remove("STARLING_DATA_DIR")
-            .output()
-            .expect("the starling binary runs");
-        assert!(created.status.success(), "{}", text(&created));
-        let child = Command::new(env!("CARGO_BIN_EXE_starling"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["up", "--api", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
-            .env_remove("STARLING_API")
-            .env_remove("STARLING_DATA_DIR")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starling up starts");
-        let deadline = Instant::now() + DAEMON_STARTUP_DEADLINE;
-        let run: Value = loop {
-            if let Some(run) = std::fs::read_to_string(data_dir.join("run.json"))
-                .ok()
-                .and_then(|s| serde_json::from_str(&s).ok())
-            {
-                break run;
-            }
-            assert!(Instant::now() < deadline, "no run.json in time");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let token = std::fs::read_to_string(data_dir.join("api.token"))
-            .expect("api.token exists once run.json does")
-            .trim()
-            .to_owned();
-        Daemon {
-            child,
-            api: run["api"].as_str().expect("run.json has api").to_owned(),
-            token,
-        }
-    }
-
-    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
-        let mut request =
-            ureq::get(&format!("{}{path}", self.api)).timeout(Duration::from_secs(10));
-        if let Some(token) = token {
-            request = request.set("Authorization", &format!("Bearer {token}"));
-        }
-        match request.call() {
-            Ok(response) => (response.status(), response.into_string().unwrap()),
-            Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap()),
-            Err(other) => panic!("GET {path}: {other}"),
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The metric names a real daemon exports after serving some requests (a
 /// labelled family only appears once it has a child).
 fn metrics_of_a_real_node() -> BTreeSet<String> {
     let tmp = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&tmp.path().join("node"));
+    let node = tmp.path().join("node");
+    json(starling(
+        &node,
+        &["--json", "account", "create", "--display-name", "Metrics"],
+    ));
+    let daemon = Daemon::start(&node);
     assert_eq!(daemon.get("/v1/status", Some(&daemon.token)).0, 200);
     assert_eq!(daemon.get("/v1/status", None).0, 401);
     let (code, exposition) = daemon.get("/metrics", None);

@@ -11,37 +11,19 @@
 use std::collections::BTreeSet;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod support;
+
+use support::{json, starling};
 
 /// How long a daemon may take to publish run.json or to stop.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
 /// How long replicas may take to converge or an invitation to arrive.
 const SYNC_DEADLINE: Duration = Duration::from_secs(60);
-
-fn starling(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_starling"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("STARLING_DATA_DIR")
-        .env_remove("STARLING_API")
-        .env_remove("STARLING_LISTEN")
-        .env_remove("STARLING_PEERS")
-        .output()
-        .expect("the starling binary runs")
-}
-
-fn json(output: Output) -> Value {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("--json prints JSON")
-}
 
 /// A UDP port free right now on loopback (the daemon binds it a moment later).
 fn free_udp_port() -> u16 {
