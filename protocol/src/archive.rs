@@ -83,7 +83,7 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// What `starling account export` uses: OWASP's argon2id recommendation
-    /// (19 MiB, 2 passes, 1 lane), about 50 ms on a laptop core.
+    /// (19 MiB, 2 passes, 1 lane).
     pub const DEFAULT: KdfParams = KdfParams {
         memory_kib: 19 * 1024,
         iterations: 2,
