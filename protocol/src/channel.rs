@@ -17,7 +17,7 @@
 //! still short, and an error as soon as the bytes seen so far are invalid.
 //!
 //! A name is one or more `/`-separated segments of `[a-z0-9._-]` — `sync`,
-//! `swarm/<id>`, `git/<id>`, `file/<id>`, `call/<id>`. The grammar is strict so
+//! `swarm/<id>`, `git/<id>`, `file/<id>`, `call/<id>`, `contact/<id>`. The grammar is strict so
 //! a name is safe to log and to use as a metric label's source; its first
 //! segment is its *kind*.
 
@@ -42,7 +42,7 @@ pub const CHANNEL_HEADER_BYTES_MAX: usize = HEADER_PREFIX_BYTES + CHANNEL_NAME_B
 pub const CHANNEL_REPLY_BYTES_MAX: usize = REPLY_PREFIX_BYTES + CHANNEL_REFUSAL_REASON_BYTES_MAX;
 
 /// Kinds of channel the transport knows by name; anything else is `other` in metrics.
-pub const KNOWN_CHANNEL_KINDS: [&str; 5] = ["sync", "swarm", "git", "file", "call"];
+pub const KNOWN_CHANNEL_KINDS: [&str; 6] = ["sync", "swarm", "git", "file", "call", "contact"];
 
 /// Why bytes are not a valid channel name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
