@@ -4,9 +4,11 @@
 //! Nobody else holds the keys or the CRL; other actors and the API ask it by
 //! message. [`swarms`] holds the registry of `Conversation` actors, the
 //! access check on `swarm/<id>` and `git/<id>` channels, head announcements,
-//! anti-entropy and fetch scheduling; [`channel_io`] moves the bytes.
+//! anti-entropy and fetch scheduling; [`contacts`] the contact book, contact
+//! requests and blocks; [`channel_io`] moves the bytes.
 
 pub mod channel_io;
+pub mod contacts;
 pub mod swarms;
 
 use actix::prelude::*;
@@ -23,6 +25,7 @@ pub const ACCOUNT_MAILBOX_CAPACITY: usize = 1_024;
 pub struct Account {
     identity: AccountIdentity,
     swarms: Option<swarms::Swarms>,
+    contacts: contacts::Contacts,
 }
 
 impl Account {
@@ -31,6 +34,7 @@ impl Account {
         Self {
             identity,
             swarms: None,
+            contacts: contacts::Contacts::default(),
         }
     }
 
@@ -40,6 +44,7 @@ impl Account {
         Ok(Self {
             identity,
             swarms: Some(swarms),
+            contacts: contacts::Contacts::default(),
         })
     }
 }
@@ -51,6 +56,7 @@ impl Actor for Account {
         ctx.set_mailbox_capacity(ACCOUNT_MAILBOX_CAPACITY);
         if self.swarms.is_some() {
             swarms::start(self, ctx);
+            contacts::start(self, ctx);
         }
     }
 }

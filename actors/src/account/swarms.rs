@@ -520,6 +520,9 @@ impl Handler<IncomingChannel> for Account {
     type Result = ();
 
     fn handle(&mut self, msg: IncomingChannel, ctx: &mut Self::Context) {
+        let Some(msg) = super::contacts::screen_channel(self, msg, ctx) else {
+            return; // blocked, or a contact channel
+        };
         let Some(sw) = self.swarms.as_ref() else {
             return; // dropping refuses
         };
@@ -680,6 +683,7 @@ impl Handler<ConnectionEvent> for Account {
     type Result = ();
 
     fn handle(&mut self, msg: ConnectionEvent, ctx: &mut Self::Context) {
+        super::contacts::connection_event(self, &msg);
         let Some(sw) = self.swarms.as_mut() else {
             return;
         };
@@ -1268,5 +1272,55 @@ impl Handler<ExportAllowedSigners> for Account {
                 .ok_or(SwarmError::NotFound(msg.conversation))
         });
         Box::pin(async move { Ok(addr?.send(AllowedSigners).await.map_err(mailbox)??) })
+    }
+}
+
+// ---- what the contact book (`super::contacts`) needs of the swarms ----
+
+impl Swarms {
+    /// The transport the account uses.
+    pub(super) fn transport(&self) -> &Addr<Transport> {
+        &self.transport
+    }
+
+    /// Connected devices of `account`.
+    pub(super) fn connected_devices_of(&self, account: &AccountId) -> Vec<DeviceId> {
+        self.connected
+            .values()
+            .filter(|peer| peer.account_id == *account)
+            .map(|peer| peer.device_id)
+            .collect()
+    }
+
+    /// The last view of `conversation`, if the account holds it.
+    pub(super) fn view(&self, conversation: &CommitId) -> Option<&SwarmView> {
+        self.registry.get(conversation).map(|entry| &entry.view)
+    }
+
+    /// Records that `peer` invited us to `conversation` (a contact request
+    /// carries one), as an `invite` frame would, so that a join can find a
+    /// device to clone from.
+    pub(super) fn note_invitation(&mut self, conversation: CommitId, peer: &VerifiedDevice) {
+        if self.registry.contains_key(&conversation) {
+            return;
+        }
+        if !self.invitations.contains_key(&conversation)
+            && self.invitations.len() >= INVITATIONS_MAX
+        {
+            tracing::warn!(%conversation, "invitation dropped: too many pending");
+            return;
+        }
+        let invitation = self.invitations.entry(conversation).or_insert(Invitation {
+            title: String::new(),
+            from: BTreeMap::new(),
+        });
+        if invitation.from.len() < INVITERS_PER_INVITATION_MAX {
+            invitation.from.insert(peer.device_id, peer.account_id);
+        }
+    }
+
+    /// Forgets a pending invitation (a declined contact request's).
+    pub(super) fn forget_invitation(&mut self, conversation: &CommitId) {
+        self.invitations.remove(conversation);
     }
 }

@@ -34,6 +34,8 @@ use starling_protocol::VerifiedDevice;
 use starling_protocol::{AccountCert, CrlError, DeviceId, RevocationList};
 use tokio::sync::watch;
 
+use super::blocklist::BlockListError;
+use super::blocklist::{BlockList, BLOCKED_REASON};
 use super::channel::{open_channel, ChannelError, ConnectionCounters, SlotGuard};
 use super::connection::{
     accept_one, await_preface, close_code, handshake_error, peer_of, ConnectionLost,
@@ -171,6 +173,8 @@ pub struct Transport {
     verified: VerifiedDevice,
     endpoint: quinn::Endpoint,
     book: RevocationBook,
+    /// Accounts refused at every step (contact blocks); written only here.
+    blocked: BlockList,
     limits: TransportLimits,
     quic_transport: Arc<quinn::TransportConfig>,
     /// Client configs by whom they expect; building one costs a key parse.
@@ -271,6 +275,7 @@ impl Transport {
             local: config.identity,
             endpoint,
             book,
+            blocked: BlockList::new(),
             limits: config.limits,
             quic_transport,
             client_configs: HashMap::new(),
@@ -298,6 +303,9 @@ impl Transport {
     > {
         if expected.device_id == Some(self.verified.device_id) {
             return Err(ConnectError::SelfDial);
+        }
+        if self.blocked.contains(&expected.account_id) {
+            return Err(ConnectError::Blocked(expected.account_id));
         }
         let config = match self.client_configs.get(&expected) {
             Some(config) => config.clone(),
@@ -378,6 +386,17 @@ impl Transport {
         if peer.device_id == self.verified.device_id {
             conn.close(close_code(CloseCode::SelfConnection), b"self");
             return Err(ConnectError::SelfDial);
+        }
+        // A block may have arrived while this handshake was in flight (or
+        // we dialled before it did).
+        if self.blocked.contains(&peer.account_id) {
+            conn.close(close_code(CloseCode::Disconnected), b"disconnected");
+            self.metrics
+                .handshakes_failed
+                .with_label_values(&["local", BLOCKED_REASON])
+                .inc();
+            tracing::info!(peer = %peer.device_id, account = %peer.account_id, "connection refused: account blocked");
+            return Err(ConnectError::Blocked(peer.account_id));
         }
         // Revocation news may have arrived while this handshake was in flight.
         if self
@@ -526,12 +545,14 @@ impl Transport {
         let transport = ctx.address().downgrade();
         let metrics = self.metrics.clone();
         let timeout = self.limits.handshake_timeout;
+        let blocked = self.blocked.clone();
         actix::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 actix::spawn(accept_one(
                     incoming,
                     transport.clone(),
                     metrics.clone(),
+                    blocked.clone(),
                     timeout,
                 ));
             }
@@ -729,6 +750,12 @@ impl Handler<RouteChannel> for Transport {
             let Some(state) = self.conns.get(&msg.id) else {
                 return Some((ReplyCode::Unavailable, "connection closing".to_owned()));
             };
+            if self.blocked.contains(&state.peer.account_id) {
+                // Only in the moment between a block and the close it causes.
+                // The peer learns only that the connection is closing.
+                tracing::info!(peer = %state.peer.device_id, "channel refused: account blocked");
+                return Some((ReplyCode::Unavailable, "connection closing".to_owned()));
+            }
             let on_connection = state.counters.slots.load(Ordering::Relaxed);
             if on_connection > self.limits.channels_per_connection {
                 return Some((
@@ -994,6 +1021,41 @@ impl Handler<UpdateRevocations> for Transport {
             });
         }
         Ok(true)
+    }
+}
+
+impl Handler<SetBlockedAccounts> for Transport {
+    type Result = Result<(), BlockListError>;
+    fn handle(&mut self, msg: SetBlockedAccounts, ctx: &mut Context<Self>) -> Self::Result {
+        let unblocked: Vec<SocketAddr> = self
+            .wanted
+            .iter()
+            .filter(|(_, w)| {
+                self.blocked.contains(&w.peer.account_id)
+                    && !msg.accounts.contains(&w.peer.account_id)
+            })
+            .map(|(addr, _)| *addr)
+            .collect();
+        let added = self.blocked.replace(msg.accounts)?;
+        if !added.is_empty() {
+            tracing::info!(
+                accounts = added.len(),
+                "blocking accounts; closing their connections"
+            );
+            // The generic code: a blocked peer is not told why.
+            self.close_where(CloseCode::Disconnected, BLOCKED_REASON, |state| {
+                added.contains(&state.peer.account_id)
+            });
+        }
+        // Wanted peers that were blocked are dialled again now rather than
+        // after their (long) backoff.
+        for addr in unblocked {
+            if let Some(wanted) = self.wanted.get_mut(&addr) {
+                wanted.backoff = self.limits.reconnect_backoff_min;
+            }
+            self.dial_wanted(addr, ctx);
+        }
+        Ok(())
     }
 }
 

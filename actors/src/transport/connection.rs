@@ -17,6 +17,7 @@ use starling_protocol::{DeviceCert, VerifiedDevice};
 use tokio::sync::watch;
 
 use super::actor::{ConnId, Transport};
+use super::blocklist::{BlockList, BLOCKED_REASON};
 use super::channel::{
     read_header, refuse_stream, ConnectionCounters, HeaderReadError, PendingChannel, PendingGuard,
     SlotGuard,
@@ -118,6 +119,7 @@ pub(super) async fn accept_one(
     incoming: quinn::Incoming,
     transport: WeakAddr<Transport>,
     metrics: TransportMetrics,
+    blocked: BlockList,
     timeout: Duration,
 ) {
     let remote = incoming.remote_address();
@@ -149,6 +151,19 @@ pub(super) async fn accept_one(
             return;
         }
     };
+    // A blocked account's device is refused before the preface, so its
+    // dialler never counts the connection as up. It sees a generic close.
+    if let Ok((peer, _)) = peer_of(&conn) {
+        if blocked.contains(&peer.account_id) {
+            conn.close(close_code(CloseCode::Disconnected), b"disconnected");
+            tracing::info!(%remote, account = %peer.account_id, "incoming connection refused: account blocked");
+            metrics
+                .handshakes_failed
+                .with_label_values(&["local", BLOCKED_REASON])
+                .inc();
+            return;
+        }
+    }
     let Some(transport) = transport.upgrade() else {
         conn.close(close_code(CloseCode::Shutdown), b"shutdown");
         return;

@@ -5,8 +5,11 @@ use std::net::SocketAddr;
 use actix::prelude::*;
 use bytes::Bytes;
 use starling_protocol::channel::{ChannelName, ChannelPattern};
-use starling_protocol::{AccountCert, CrlError, DeviceId, RevocationList, VerifiedDevice};
+use starling_protocol::{
+    AccountCert, AccountId, CrlError, DeviceId, RevocationList, VerifiedDevice,
+};
 
+use super::blocklist::BlockListError;
 use super::channel::{Channel, ChannelError, PendingChannel};
 use super::tls::{ExpectedPeer, FailureSide, TlsError};
 
@@ -42,6 +45,8 @@ pub enum ConnectError {
     TooManyConnections(usize),
     #[error("the transport actor is gone")]
     TransportGone,
+    #[error("account {0} is blocked")]
+    Blocked(AccountId),
 }
 
 /// Dial `addr` and require the peer to prove `peer`.
@@ -210,6 +215,16 @@ pub struct UpdateRevocations {
     pub account: AccountCert,
     /// The CRL.
     pub crl: RevocationList,
+}
+
+/// The accounts to refuse, replacing the previous list: their devices'
+/// connections are closed now and refused from then on (before the preface),
+/// they are not dialled, and their channels are not routed.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), BlockListError>")]
+pub struct SetBlockedAccounts {
+    /// Every blocked account.
+    pub accounts: std::collections::BTreeSet<AccountId>,
 }
 
 /// One connection, as [`Status`] reports it.

@@ -2,6 +2,7 @@
 //! with device certificates, carrying named channels and datagrams.
 //!
 //! - [`tls`]: our identity, the revocation book, the rustls verifiers.
+//! - [`blocklist`]: accounts whose devices are refused (contact blocks).
 //! - [`socket`]: the UDP seam (real socket, in-memory network).
 //! - [`channel`]: channel handles and the open/serve halves of the channel protocol.
 //! - [`actor`]: the `Transport` actor that owns the endpoint and all connections.
@@ -16,6 +17,7 @@
 //! `starling_protocol::channel` and `docs/PROTOCOL.md` §8.
 
 pub mod actor;
+pub mod blocklist;
 pub mod channel;
 mod connection;
 pub mod messages;
@@ -24,6 +26,7 @@ pub mod socket;
 pub mod tls;
 
 pub use actor::{Transport, TransportConfig, TransportError, TransportLimits};
+pub use blocklist::{BlockList, BlockListError};
 pub use channel::{Channel, ChannelError, ChannelRecv, ChannelSend, PendingChannel};
 pub use messages::*;
 pub use metrics::TransportMetrics;
