@@ -149,7 +149,7 @@ fn actor_gone(e: actix::MailboxError) -> ApiError {
 impl ApiState {
     /// Asks the account actor; a dead mailbox and the handler's own error
     /// both become API errors.
-    async fn ask<M, T, E>(&self, message: M) -> Result<T, ApiError>
+    pub(crate) async fn ask<M, T, E>(&self, message: M) -> Result<T, ApiError>
     where
         M: actix::Message<Result = Result<T, E>> + Send + 'static,
         T: Send + 'static,
@@ -420,7 +420,9 @@ async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
 }
 
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(openapi_document())
+    let mut document = openapi_document();
+    crate::contacts_api::document(&mut document);
+    HttpResponse::Ok().json(document)
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -584,7 +586,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
                     "/swarms/{id}/allowed-signers",
                     web::get().to(allowed_signers),
                 )
-                .route("/openapi.json", web::get().to(|_: Authorized| openapi())),
+                .route("/openapi.json", web::get().to(|_: Authorized| openapi()))
+                .configure(crate::contacts_api::routes),
         )
         .default_service(web::to(not_found));
 }

@@ -21,6 +21,7 @@ use actix_web::dev::Service;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use rand_core::RngCore;
+use starling_actors::account::contacts::CONTACTS_FILE;
 use starling_actors::account::swarms::AddPeer;
 use starling_actors::account::{Account, SwarmConfig};
 use starling_actors::conversation::SwarmMetrics;
@@ -126,7 +127,9 @@ pub fn up(root: PathBuf, config: Config) -> anyhow::Result<()> {
             dir: root.join(SWARMS_DIR),
             metrics: SwarmMetrics::register(&registry)?,
         };
-        let account = Account::with_swarms(identity, swarm_config)?.start();
+        let account = Account::with_swarms(identity, swarm_config)?
+            .with_contacts(root.join(CONTACTS_FILE), &registry)?
+            .start();
         for peer in &config.peers {
             account
                 .send(AddPeer {

@@ -8,6 +8,8 @@ mod api;
 mod client;
 mod commands;
 mod config;
+mod contact_commands;
+mod contacts_api;
 mod daemon;
 mod data_dir;
 mod swarm_commands;
@@ -52,6 +54,9 @@ enum Command {
     /// Group conversations (swarms).
     #[command(subcommand)]
     Swarm(SwarmCommand),
+    /// Contacts: one-to-one conversations with other accounts, and blocks.
+    #[command(subcommand)]
+    Contact(contact_commands::ContactCommand),
     /// Send a text message to a conversation.
     Send {
         /// The conversation id.
@@ -286,6 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Command::Status => commands::status(&ctx),
         Command::Peer(PeerCommand::Add { peer }) => swarm_commands::peer_add(&ctx, &peer),
+        Command::Contact(command) => contact_commands::run(&ctx, command),
         Command::Swarm(command) => match command {
             SwarmCommand::Create { title, mode } => {
                 swarm_commands::swarm_create(&ctx, title.as_deref(), mode.as_deref())
