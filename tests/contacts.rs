@@ -173,18 +173,27 @@ impl Node {
             .sum()
     }
 
-    fn api_status(&self, method: &str, path: &str, body: &str) -> u16 {
+    /// Calls the API with the token: (status, body). An empty body sends none.
+    fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let token = std::fs::read_to_string(self.dir.join("api.token")).unwrap();
-        let result = ureq::request(method, &format!("{}{path}", self.api))
+        let request = ureq::request(method, &format!("{}{path}", self.api))
             .timeout(Duration::from_secs(10))
             .set("Authorization", &format!("Bearer {}", token.trim()))
-            .set("Content-Type", "application/json")
-            .send_string(body);
+            .set("Content-Type", "application/json");
+        let result = if body.is_empty() {
+            request.call()
+        } else {
+            request.send_string(body)
+        };
         match result {
-            Ok(response) => response.status(),
-            Err(ureq::Error::Status(code, _)) => code,
+            Ok(response) => (response.status(), response.into_string().unwrap()),
+            Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap()),
             Err(other) => panic!("{method} {path}: {other}"),
         }
+    }
+
+    fn api_status(&self, method: &str, path: &str, body: &str) -> u16 {
+        self.api(method, path, body).0
     }
 }
 
@@ -318,6 +327,23 @@ fn a_contact_request_accepted_gives_a_one_to_one_swarm_that_survives_restarts() 
         .as_array()
         .unwrap()
         .is_empty());
+    let (code, document) = alice.api("GET", "/v1/openapi.json", "");
+    assert_eq!(code, 200);
+    let document: Value = serde_json::from_str(&document).unwrap();
+    for path in [
+        "/v1/contacts",
+        "/v1/contacts/requests",
+        "/v1/contacts/{account}/accept",
+        "/v1/contacts/{account}/decline",
+        "/v1/contacts/{account}/block",
+        "/v1/contacts/{account}/unblock",
+    ] {
+        assert!(
+            document["paths"][path].is_object(),
+            "{path} in the OpenAPI document"
+        );
+    }
+    assert!(document["components"]["schemas"]["Contact"].is_object());
 
     let conversation = befriend(&alice, &bob);
     exchange(&alice, &bob, &conversation, "before restart");
