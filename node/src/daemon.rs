@@ -24,6 +24,7 @@ use rand_core::RngCore;
 use starling_actors::account::swarms::AddPeer;
 use starling_actors::account::{Account, SwarmConfig};
 use starling_actors::conversation::SwarmMetrics;
+use starling_actors::discovery::{DhtSettings, Discovery, DiscoveryConfig};
 use starling_actors::transport::{
     udp_socket, LocalIdentity, Transport, TransportConfig, TransportLimits,
 };
@@ -126,7 +127,26 @@ pub fn up(root: PathBuf, config: Config) -> anyhow::Result<()> {
             dir: root.join(SWARMS_DIR),
             metrics: SwarmMetrics::register(&registry)?,
         };
+        let discovery_facts = (
+            identity.account_id(),
+            identity.account_key.verifying_key().to_bytes(),
+            identity.device_id(),
+        );
         let account = Account::with_swarms(identity, swarm_config)?.start();
+        // Kept alive by its own context (actix runs it until the system stops).
+        let _discovery = Discovery::new(DiscoveryConfig {
+            account: account.clone(),
+            account_id: discovery_facts.0,
+            account_public_key: discovery_facts.1,
+            device_id: discovery_facts.2,
+            quic_port: listen.port(),
+            mdns: config.mdns,
+            dht: config.dht.then(|| DhtSettings {
+                bootstrap: config.dht_bootstrap.clone(),
+            }),
+            registry: registry.clone(),
+        })?
+        .start();
         for peer in &config.peers {
             account
                 .send(AddPeer {

@@ -15,6 +15,7 @@ pub mod cert;
 pub mod chain;
 pub mod channel;
 pub mod crl;
+pub mod discovery;
 pub mod fetch_schedule;
 pub mod id;
 pub mod identity;

@@ -7,6 +7,7 @@
 //! anti-entropy and fetch scheduling; [`channel_io`] moves the bytes.
 
 pub mod channel_io;
+pub mod discovered;
 pub mod swarms;
 
 use actix::prelude::*;
