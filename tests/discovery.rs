@@ -459,6 +459,19 @@ fn peers_in_different_networks_find_each_other_through_the_dht() {
     net.wire(&b, "10.81.2.2", &inet, "to-b");
     ip(&["-n", &inet, "addr", "add", "10.81.1.1/24", "dev", "to-a"]);
     ip(&["-n", &inet, "addr", "add", "10.81.2.1/24", "dev", "to-b"]);
+    // The testnet's sockets listen on 0.0.0.0; make their replies to b come
+    // from the address b asked (10.81.1.1), as a single-homed host's would.
+    ip(&[
+        "-n",
+        &inet,
+        "route",
+        "replace",
+        "10.81.2.0/24",
+        "dev",
+        "to-b",
+        "src",
+        "10.81.1.1",
+    ]);
     ip(&["-n", &a, "route", "add", "default", "via", "10.81.1.1"]);
     ip(&["-n", &b, "route", "add", "default", "via", "10.81.2.1"]);
     let forward = Command::new("ip")
