@@ -223,3 +223,86 @@ pub fn start_bootstrap_nodes(
     }
     Ok(nodes)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use actix::Actor as _;
+    use starling_protocol::AccountIdentity;
+
+    use super::*;
+    use crate::account::discovered::SignDhtRecords;
+    use crate::account::Account;
+
+    /// Records signed by the account actor's keys go onto a local testnet
+    /// (never the public DHT) and come back through both lookups; a newer
+    /// sequence number replaces the old addresses.
+    #[actix::test]
+    async fn records_publish_and_resolve_on_a_local_testnet() {
+        let testnet = tokio::task::spawn_blocking(|| mainline::Testnet::new(3))
+            .await
+            .unwrap()
+            .unwrap();
+        let identity =
+            AccountIdentity::generate("Alice", SystemTime::now(), &mut rand_core::OsRng).unwrap();
+        let (account_id, device_id) = (identity.account_id(), identity.device_id());
+        let account_key = identity.account_key.verifying_key().to_bytes();
+        let account = Account::new(identity).start();
+        let nodes: Vec<AsyncDht> = {
+            let bootstrap = testnet.bootstrap.clone();
+            tokio::task::spawn_blocking(move || {
+                (0..2).map(|_| start(&bootstrap).unwrap()).collect()
+            })
+            .await
+            .unwrap()
+        };
+        let (writer, reader) = (&nodes[0], &nodes[1]);
+
+        for (seq, addr) in [(1, "10.1.2.3:7420"), (2, "10.9.8.7:7421")] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let signed = account
+                .send(SignDhtRecords {
+                    addresses: vec![addr],
+                    seq,
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            publish(
+                writer,
+                &signed.device,
+                &signed.account,
+                &account_id,
+                addr.port(),
+            )
+            .await
+            .unwrap();
+            let devices = resolve_signed(reader, &account_id, &account_key)
+                .await
+                .unwrap()
+                .expect("the account record is found");
+            assert_eq!(
+                devices,
+                vec![ResolvedDevice {
+                    device: device_id,
+                    addrs: vec![addr],
+                }]
+            );
+        }
+        let peers = resolve_rendezvous(reader, &account_id).await.unwrap();
+        assert!(
+            peers.iter().any(|p| p.port() == 7421),
+            "rendezvous lists our port: {peers:?}"
+        );
+        let stranger = AccountId::from_bytes([9; 32]);
+        assert!(resolve_rendezvous(reader, &stranger)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(resolve_signed(reader, &stranger, &[9; 32])
+            .await
+            .unwrap()
+            .is_none());
+    }
+}
