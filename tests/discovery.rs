@@ -555,7 +555,9 @@ fn a_spoofed_mdns_record_is_refuted_and_counted() {
     // Alice never runs: bob only knows her account id, from his swarm.
     let alice = Node::create(root.path(), "alice", &hosts[0]);
     bob.start(&["--no-dht"]);
-    mallory.start(&["--no-dht"]);
+    // Mallory keeps the default DHT (public bootstrap nodes) with no route
+    // out: it must fail gracefully, saying so once.
+    mallory.start(&[]);
     let id = bob.cli(&["swarm", "create"])["id"]
         .as_str()
         .unwrap()
@@ -599,4 +601,18 @@ fn a_spoofed_mdns_record_is_refuted_and_counted() {
     // Mallory's true record (her own account) interests bob not at all.
     assert_eq!(mallory.device_id.len(), 64);
     assert_eq!(mallory.active_connections(), 0.0);
+
+    wait_for("mallory's offline DHT to fail twice", || {
+        (mallory.metric(
+            "starling_discovery_dht_operations_total",
+            &[("op", "publish"), ("outcome", "failed")],
+        ) >= 2.0)
+            .then_some(())
+    });
+    let log = std::fs::read_to_string(mallory.dir.join("daemon.log")).unwrap();
+    assert_eq!(
+        log.matches("DHT unreachable (offline?)").count(),
+        1,
+        "one clear line, not one per retry"
+    );
 }

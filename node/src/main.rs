@@ -268,7 +268,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STARLING_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // mainline logs every failed bootstrap (each 2 s when
+                // offline); discovery says it once, with what still works.
+                .unwrap_or_else(|_| "warn,mainline=off".into()),
         )
         .init();
     let cli = Cli::parse();

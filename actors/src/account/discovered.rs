@@ -106,8 +106,9 @@ impl Handler<PeerDiscovered> for Account {
     }
 }
 
-/// Asks for the accounts discovery should look up: ours and every member
-/// and invitee of our swarms.
+/// Asks for the accounts discovery should look up: ours (for our other
+/// devices) and every member and invitee of our swarms that no connected
+/// device speaks for.
 #[derive(Message, Debug)]
 #[rtype(result = "Vec<AccountId>")]
 pub struct WatchedAccounts;
@@ -122,7 +123,7 @@ impl Handler<WatchedAccounts> for Account {
             accounts.extend(
                 sw.accounts_of_interest()
                     .into_iter()
-                    .filter(|a| *a != me)
+                    .filter(|a| *a != me && !sw.reaches(a, None))
                     .take(WATCHED_ACCOUNTS_MAX - 1),
             );
         }

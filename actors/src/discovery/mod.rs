@@ -15,7 +15,8 @@
 //! the live mDNS records and offers each again every
 //! [`MDNS_REOFFER_INTERVAL`] while it is not connected, so a peer is reached
 //! again soon after its link returns. DHT lookups repeat every
-//! [`DHT_RESOLVE_INTERVAL`] for the watched accounts not connected; our own
+//! [`DHT_RESOLVE_INTERVAL`] for the watched accounts not connected (and our
+//! own account, for our other devices); our own
 //! records are republished every [`DHT_REPUBLISH_INTERVAL`] (well inside
 //! BEP 44's two-hour expiry) with the clock as sequence number. When the
 //! DHT is unreachable (offline), one warning is logged and publishing
@@ -240,7 +241,11 @@ impl Discovery {
                 .into_actor(self)
                 .map(move |started, act, ctx| match started {
                     Ok(Ok(node)) => {
-                        tracing::info!(bootstrap = ?settings.bootstrap, "DHT node started");
+                        if settings.bootstrap.is_empty() {
+                            tracing::info!("DHT node started (public bootstrap nodes)");
+                        } else {
+                            tracing::info!(bootstrap = ?settings.bootstrap, "DHT node started");
+                        }
                         act.dht = Some(node);
                         act.publish(ctx);
                         ctx.run_interval(DHT_RESOLVE_INTERVAL, |act, ctx| act.resolve(ctx));
@@ -388,6 +393,14 @@ impl Discovery {
         };
         ctx.spawn(work.into_actor(self).map(|hints, act, ctx| {
             act.resolving = false;
+            let found = hints
+                .iter()
+                .filter(|(_, device, _)| *device != Some(act.device_id))
+                .count();
+            act.metrics
+                .peers_discovered
+                .with_label_values(&["dht"])
+                .inc_by(found as u64);
             for (account, device, addr) in hints {
                 act.offer(account, device, addr, DiscoverySource::Dht, ctx);
             }
