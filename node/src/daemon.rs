@@ -133,8 +133,8 @@ pub fn up(root: PathBuf, config: Config) -> anyhow::Result<()> {
             identity.device_id(),
         );
         let account = Account::with_swarms(identity, swarm_config)?.start();
-        // Kept alive by its own context (actix runs it until the system stops).
-        let _discovery = Discovery::new(DiscoveryConfig {
+        // Held until shutdown so it lives even when it has nothing scheduled.
+        let discovery = Discovery::new(DiscoveryConfig {
             account: account.clone(),
             account_id: discovery_facts.0,
             account_public_key: discovery_facts.1,
@@ -210,6 +210,7 @@ pub fn up(root: PathBuf, config: Config) -> anyhow::Result<()> {
             run_info.api, run_info.listen
         );
         let served = server.await;
+        drop(discovery);
         let _ = transport
             .send(starling_actors::transport::Shutdown)
             .await;
