@@ -134,3 +134,65 @@ impl Drop for Advertisement {
         let _ = self.0.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(ip: &str, port: u16, txt: &[(&str, &str)]) -> ResolvedService {
+        ServiceInfo::new(MDNS_SERVICE_TYPE, "starling-x", "x.local.", ip, port, txt)
+            .unwrap()
+            .as_resolved_service()
+    }
+
+    /// One row per way a stranger's record can be unusable.
+    #[test]
+    fn records_are_read_only_when_whole() {
+        let account = "a".repeat(64);
+        let device = "d".repeat(64);
+        let good = [
+            (MDNS_TXT_KEY_VERSION, MDNS_TXT_VERSION),
+            (MDNS_TXT_KEY_ACCOUNT, account.as_str()),
+            (MDNS_TXT_KEY_DEVICE, device.as_str()),
+        ];
+        let peer = peer_of(&resolved("10.0.0.9,127.0.0.1", 7420, &good)).unwrap();
+        assert_eq!(peer.account, account.parse().unwrap());
+        assert_eq!(peer.device, device.parse().unwrap());
+        assert_eq!(peer.addrs, vec!["10.0.0.9:7420".parse().unwrap()]);
+
+        let short = "a".repeat(63);
+        let cases: Vec<(&str, ResolvedService)> = vec![
+            (
+                "version",
+                resolved(
+                    "10.0.0.9",
+                    7420,
+                    &[(MDNS_TXT_KEY_VERSION, "2"), good[1], good[2]],
+                ),
+            ),
+            (
+                "no account",
+                resolved("10.0.0.9", 7420, &[good[0], good[2]]),
+            ),
+            (
+                "bad device",
+                resolved(
+                    "10.0.0.9",
+                    7420,
+                    &[good[0], good[1], (MDNS_TXT_KEY_DEVICE, short.as_str())],
+                ),
+            ),
+            ("loopback only", resolved("127.0.0.1", 7420, &good)),
+            ("port 0", resolved("10.0.0.9", 0, &good)),
+        ];
+        for (name, service) in cases {
+            assert_eq!(peer_of(&service), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn instance_names_fit_a_dns_label() {
+        let device: DeviceId = "f".repeat(64).parse().unwrap();
+        assert!(instance_name(&device).len() <= 63);
+    }
+}
