@@ -242,6 +242,32 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// SIGTERM, then waits for a clean exit.
+    fn terminate(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let kill = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "{} exited with {status}", self.name);
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not stop within {STARTUP_DEADLINE:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
     fn cli(&self, args: &[&str]) -> Value {
         let output = self
             .command()
@@ -446,6 +472,14 @@ fn lan_peers_find_each_other_by_mdns_and_resync_after_the_link_returns() {
         connected(&alice) + connected(&bob) >= 2.0,
         "re-discovered by mDNS"
     );
+
+    // Bob leaves for good: his mDNS goodbye takes his record off alice's list.
+    let gone = |n: &Node| n.log().matches("mDNS record gone").count();
+    let before = gone(&alice);
+    bob.terminate();
+    wait_for("alice to see bob's record go", || {
+        (gone(&alice) > before).then_some(())
+    });
 }
 
 #[test]

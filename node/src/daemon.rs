@@ -210,7 +210,9 @@ pub fn up(root: PathBuf, config: Config) -> anyhow::Result<()> {
             run_info.api, run_info.listen
         );
         let served = server.await;
-        drop(discovery);
+        let _ = discovery
+            .send(starling_actors::discovery::Shutdown)
+            .await;
         let _ = transport
             .send(starling_actors::transport::Shutdown)
             .await;

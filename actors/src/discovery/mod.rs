@@ -116,6 +116,8 @@ pub struct Discovery {
     metrics: DiscoveryMetrics,
     mdns_enabled: bool,
     mdns: Option<ServiceDaemon>,
+    /// Our advertisement's full service name, to withdraw it at shutdown.
+    advertised: Option<String>,
     /// Live mDNS records by their full service name.
     mdns_peers: HashMap<String, mdns::MdnsPeer>,
     dht_settings: Option<DhtSettings>,
@@ -138,6 +140,7 @@ impl Discovery {
             quic_port: config.quic_port,
             mdns_enabled: config.mdns,
             mdns: None,
+            advertised: None,
             mdns_peers: HashMap::new(),
             dht_settings: config.dht,
             dht: None,
@@ -153,6 +156,7 @@ impl Discovery {
         let events = mdns::start(&daemon)?;
         let name = mdns::advertise(&daemon, &self.account_id, &self.device_id, self.quic_port)?;
         tracing::info!(service = name, port = self.quic_port, "advertising on mDNS");
+        self.advertised = Some(name);
         ctx.add_stream(events.into_stream());
         self.mdns = Some(daemon);
         ctx.run_interval(MDNS_REOFFER_INTERVAL, |act, ctx| {
@@ -430,6 +434,35 @@ impl Actor for Discovery {
         if let Some(daemon) = self.mdns.take() {
             let _ = daemon.shutdown();
         }
+    }
+}
+
+/// How long shutdown waits for the mDNS goodbye to go out.
+pub const MDNS_GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Withdraw our mDNS advertisement (peers drop the record at once instead of
+/// dialling a dead address until it expires), then stop.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Discovery {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        let goodbye = match (&self.mdns, self.advertised.take()) {
+            (Some(daemon), Some(name)) => daemon.unregister(&name).ok(),
+            _ => None,
+        };
+        Box::pin(
+            async move {
+                if let Some(status) = goodbye {
+                    let _ = tokio::time::timeout(MDNS_GOODBYE_TIMEOUT, status.recv_async()).await;
+                }
+            }
+            .into_actor(self)
+            .map(|(), _, ctx| ctx.stop()),
+        )
     }
 }
 
