@@ -17,6 +17,8 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v python3 >/dev/null || missing+=(python3)
 # Lints deploy/*.sh in tests/deploy.rs.
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+# Network namespaces, veth pairs and bridges for tests/discovery.rs.
+command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq

@@ -78,6 +78,9 @@ impl Node {
             .env_remove("STARLING_API")
             .env_remove("STARLING_LISTEN")
             .env("STARLING_PEERS", peers.join(","))
+            // Static peers only: no discovery, never the public DHT.
+            .env("STARLING_MDNS", "false")
+            .env("STARLING_DHT", "false")
             .env("STARLING_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

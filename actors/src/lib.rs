@@ -13,5 +13,6 @@
 
 pub mod account;
 pub mod conversation;
+pub mod discovery;
 pub mod git_wire;
 pub mod transport;

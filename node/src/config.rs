@@ -8,10 +8,15 @@
 //! api = "127.0.0.1:7421"    # TCP address of the local HTTP API; port 0 picks one
 //! listen = "0.0.0.0:7420"   # UDP address of QUIC; port 0 picks one
 //! peers = ["<account id>@127.0.0.1:7520"]   # devices to keep connections to
+//! mdns = true               # LAN discovery: advertise and browse with multicast DNS
+//! dht = true                # internet discovery: records on the mainline DHT
+//! dht_bootstrap = ["10.0.0.1:6881"]   # DHT bootstrap nodes; empty: the public ones
 //! ```
 //!
 //! Environment: `STARLING_API`, `STARLING_LISTEN`, `STARLING_PEERS` (peers
-//! separated by commas). A peer names the account its device must prove:
+//! separated by commas), `STARLING_MDNS` and `STARLING_DHT` (`true`/`false`),
+//! `STARLING_DHT_BOOTSTRAP` (comma-separated). Flags: `--no-mdns`,
+//! `--no-dht`, `--dht-bootstrap`. A peer names the account its device must prove:
 //! the transport authenticates the peer's certificate chain against it.
 
 use std::net::SocketAddr;
@@ -25,6 +30,8 @@ pub const DEFAULT_API_PORT: u16 = 7421;
 pub const DEFAULT_LISTEN_PORT: u16 = 7420;
 /// Most static peers a config may list.
 pub const PEERS_MAX: usize = 256;
+/// Most DHT bootstrap nodes a config may list.
+pub const DHT_BOOTSTRAP_MAX: usize = 32;
 /// Largest config file we read.
 const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
 
@@ -37,6 +44,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Devices to keep connections to.
     pub peers: Vec<PeerAddr>,
+    /// LAN discovery by multicast DNS.
+    pub mdns: bool,
+    /// Internet discovery on the mainline DHT.
+    pub dht: bool,
+    /// DHT bootstrap nodes (`host:port`); empty means the public ones.
+    pub dht_bootstrap: Vec<String>,
 }
 
 impl Default for Config {
@@ -45,6 +58,9 @@ impl Default for Config {
             api: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_LISTEN_PORT)),
             peers: Vec::new(),
+            mdns: true,
+            dht: true,
+            dht_bootstrap: Vec::new(),
         }
     }
 }
@@ -98,6 +114,9 @@ struct ConfigFile {
     api: Option<SocketAddr>,
     listen: Option<SocketAddr>,
     peers: Option<Vec<String>>,
+    mdns: Option<bool>,
+    dht: Option<bool>,
+    dht_bootstrap: Option<Vec<String>>,
 }
 
 /// Overrides from the command line.
@@ -105,6 +124,36 @@ struct ConfigFile {
 pub struct Overrides {
     pub api: Option<SocketAddr>,
     pub listen: Option<SocketAddr>,
+    /// `--no-mdns`.
+    pub no_mdns: bool,
+    /// `--no-dht`.
+    pub no_dht: bool,
+    /// `--dht-bootstrap` (empty: not given).
+    pub dht_bootstrap: Vec<String>,
+}
+
+fn parse_bool(key: &str, text: &str) -> anyhow::Result<bool> {
+    match text.trim() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => anyhow::bail!("{key}={other:?} is not true or false"),
+    }
+}
+
+fn check_bootstrap(nodes: Vec<String>) -> anyhow::Result<Vec<String>> {
+    anyhow::ensure!(
+        nodes.len() <= DHT_BOOTSTRAP_MAX,
+        "{} DHT bootstrap nodes listed; the limit is {DHT_BOOTSTRAP_MAX}",
+        nodes.len()
+    );
+    for node in &nodes {
+        anyhow::ensure!(
+            node.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+            "DHT bootstrap node {node:?} is not HOST:PORT"
+        );
+    }
+    Ok(nodes)
 }
 
 impl Config {
@@ -134,6 +183,11 @@ impl Config {
             if let Some(peers) = parsed.peers {
                 config.peers = parse_peers(&peers)?;
             }
+            config.mdns = parsed.mdns.unwrap_or(config.mdns);
+            config.dht = parsed.dht.unwrap_or(config.dht);
+            if let Some(nodes) = parsed.dht_bootstrap {
+                config.dht_bootstrap = check_bootstrap(nodes)?;
+            }
         }
         if let Some(api) = env("STARLING_API") {
             config.api = api
@@ -153,8 +207,29 @@ impl Config {
                 .collect();
             config.peers = parse_peers(&list)?;
         }
+        if let Some(mdns) = env("STARLING_MDNS") {
+            config.mdns = parse_bool("STARLING_MDNS", &mdns)?;
+        }
+        if let Some(dht) = env("STARLING_DHT") {
+            config.dht = parse_bool("STARLING_DHT", &dht)?;
+        }
+        if let Some(nodes) = env("STARLING_DHT_BOOTSTRAP") {
+            config.dht_bootstrap = check_bootstrap(
+                nodes
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )?;
+        }
         config.api = flags.api.unwrap_or(config.api);
         config.listen = flags.listen.unwrap_or(config.listen);
+        config.mdns &= !flags.no_mdns;
+        config.dht &= !flags.no_dht;
+        if !flags.dht_bootstrap.is_empty() {
+            config.dht_bootstrap = check_bootstrap(flags.dht_bootstrap)?;
+        }
         Ok(config)
     }
 }
@@ -191,6 +266,7 @@ mod tests {
         let flags = Overrides {
             api: Some("127.0.0.1:0".parse().unwrap()),
             listen: None,
+            ..Overrides::default()
         };
         assert_eq!(
             Config::load(&file, false, env, flags).unwrap().api.port(),
@@ -226,6 +302,7 @@ mod tests {
         let flags = Overrides {
             api: None,
             listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Overrides::default()
         };
         assert_eq!(
             Config::load(&file, false, env, flags)
@@ -235,6 +312,37 @@ mod tests {
             0
         );
         std::fs::write(&file, "peers = [\"nobody@127.0.0.1:1\"]\n").unwrap();
+        assert!(Config::load(&file, false, no_env, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn discovery_toggles_layer_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("starling.toml");
+        let defaults = Config::load(&file, false, no_env, Overrides::default()).unwrap();
+        assert!(defaults.mdns && defaults.dht && defaults.dht_bootstrap.is_empty());
+        std::fs::write(&file, "mdns = false\ndht_bootstrap = [\"10.0.0.1:6881\"]\n").unwrap();
+        let config = Config::load(&file, false, no_env, Overrides::default()).unwrap();
+        assert!(!config.mdns && config.dht);
+        assert_eq!(config.dht_bootstrap, ["10.0.0.1:6881"]);
+        let env = |key: &str| match key {
+            "STARLING_MDNS" => Some("true".to_owned()),
+            "STARLING_DHT_BOOTSTRAP" => Some("a.example:1, b.example:2".to_owned()),
+            _ => None,
+        };
+        let config = Config::load(&file, false, env, Overrides::default()).unwrap();
+        assert!(config.mdns);
+        assert_eq!(config.dht_bootstrap, ["a.example:1", "b.example:2"]);
+        let flags = Overrides {
+            no_mdns: true,
+            no_dht: true,
+            ..Overrides::default()
+        };
+        let config = Config::load(&file, false, env, flags).unwrap();
+        assert!(!config.mdns && !config.dht);
+        let bad = |key: &str| (key == "STARLING_DHT").then(|| "maybe".to_owned());
+        assert!(Config::load(&file, false, bad, Overrides::default()).is_err());
+        std::fs::write(&file, "dht_bootstrap = [\"no-port\"]\n").unwrap();
         assert!(Config::load(&file, false, no_env, Overrides::default()).is_err());
     }
 

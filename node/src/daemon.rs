@@ -25,6 +25,7 @@ use starling_actors::account::contacts::CONTACTS_FILE;
 use starling_actors::account::swarms::AddPeer;
 use starling_actors::account::{Account, SwarmConfig};
 use starling_actors::conversation::SwarmMetrics;
+use starling_actors::discovery::{DhtSettings, Discovery, DiscoveryConfig};
 use starling_actors::transport::{
     udp_socket, LocalIdentity, Transport, TransportConfig, TransportLimits,
 };
@@ -127,9 +128,28 @@ pub fn up(root: PathBuf, config: Config) -> anyhow::Result<()> {
             dir: root.join(SWARMS_DIR),
             metrics: SwarmMetrics::register(&registry)?,
         };
+        let discovery_facts = (
+            identity.account_id(),
+            identity.account_key.verifying_key().to_bytes(),
+            identity.device_id(),
+        );
         let account = Account::with_swarms(identity, swarm_config)?
             .with_contacts(root.join(CONTACTS_FILE), &registry)?
             .start();
+        // Held until shutdown so it lives even when it has nothing scheduled.
+        let discovery = Discovery::new(DiscoveryConfig {
+            account: account.clone(),
+            account_id: discovery_facts.0,
+            account_public_key: discovery_facts.1,
+            device_id: discovery_facts.2,
+            quic_port: listen.port(),
+            mdns: config.mdns,
+            dht: config.dht.then(|| DhtSettings {
+                bootstrap: config.dht_bootstrap.clone(),
+            }),
+            registry: registry.clone(),
+        })?
+        .start();
         for peer in &config.peers {
             account
                 .send(AddPeer {
@@ -193,6 +213,9 @@ pub fn up(root: PathBuf, config: Config) -> anyhow::Result<()> {
             run_info.api, run_info.listen
         );
         let served = server.await;
+        let _ = discovery
+            .send(starling_actors::discovery::Shutdown)
+            .await;
         let _ = transport
             .send(starling_actors::transport::Shutdown)
             .await;

@@ -12,6 +12,7 @@ mod contact_commands;
 mod contacts_api;
 mod daemon;
 mod data_dir;
+mod discovery_commands;
 mod swarm_commands;
 
 use std::path::PathBuf;
@@ -45,6 +46,15 @@ enum Command {
         /// Config file [default: DATA_DIR/starling.toml, if present].
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// No LAN discovery (multicast DNS).
+        #[arg(long)]
+        no_mdns: bool,
+        /// No internet discovery (mainline DHT).
+        #[arg(long)]
+        no_dht: bool,
+        /// DHT bootstrap node HOST:PORT (repeat or separate by commas) [default: public nodes].
+        #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+        dht_bootstrap: Vec<String>,
     },
     /// Ask the running daemon who it is and where it listens.
     Status,
@@ -81,6 +91,30 @@ enum Command {
     GitUploadPack {
         /// The (bare) repository.
         repository: PathBuf,
+    },
+    /// Run DHT nodes for a private network (tests, offline sites) until killed.
+    #[command(name = "dht-bootstrap", hide = true)]
+    DhtBootstrap {
+        /// IPv4 address and UDP port of the first node (the others bootstrap from it).
+        #[arg(long, value_name = "IP:PORT")]
+        listen: std::net::SocketAddrV4,
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Advertise one mDNS claim (true or false) until killed, to check that
+    /// peers refuse a false one.
+    #[command(name = "mdns-advertise", hide = true)]
+    MdnsAdvertise {
+        /// The account id to claim.
+        #[arg(long)]
+        account: String,
+        /// The device id to claim.
+        #[arg(long)]
+        device: String,
+        /// The UDP port to claim.
+        #[arg(long)]
+        port: u16,
     },
     /// Manage this node's account.
     #[command(subcommand)]
@@ -239,7 +273,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STARLING_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // mainline logs every failed bootstrap (each 2 s when
+                // offline); discovery says it once, with what still works.
+                .unwrap_or_else(|_| "warn,mainline=off".into()),
         )
         .init();
     let cli = Cli::parse();
@@ -263,6 +299,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             api,
             listen,
             config,
+            no_mdns,
+            no_dht,
+            dht_bootstrap,
         } => {
             let root = ctx.data_dir.root().to_owned();
             let (file, required) = match config {
@@ -270,8 +309,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => (root.join("starling.toml"), false),
             };
             let env = |key: &str| std::env::var(key).ok();
-            let config =
-                config::Config::load(&file, required, env, config::Overrides { api, listen })?;
+            let config = config::Config::load(
+                &file,
+                required,
+                env,
+                config::Overrides {
+                    api,
+                    listen,
+                    no_mdns,
+                    no_dht,
+                    dht_bootstrap,
+                },
+            )?;
             daemon::up(root, config)
         }
         Command::Account(AccountCommand::Create { display_name }) => {
@@ -327,6 +376,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             limit,
         } => swarm_commands::messages(&ctx, &conversation, limit),
         Command::GitUploadPack { repository } => commands::git_upload_pack(&repository),
+        Command::DhtBootstrap { listen, nodes } => discovery_commands::dht_bootstrap(listen, nodes),
+        Command::MdnsAdvertise {
+            account,
+            device,
+            port,
+        } => discovery_commands::mdns_advertise(&account, &device, port),
         Command::Device(DeviceCommand::Revoke { device_id }) => {
             commands::device_revoke(&ctx, &device_id)
         }

@@ -16,6 +16,7 @@ pub mod chain;
 pub mod channel;
 pub mod contact;
 pub mod crl;
+pub mod discovery;
 pub mod fetch_schedule;
 pub mod id;
 pub mod identity;

@@ -42,6 +42,8 @@ impl Daemon {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["up", "--api", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+            // Loopback daemons need no discovery, and tests never touch the public DHT.
+            .args(["--no-mdns", "--no-dht"])
             .env_remove("STARLING_API")
             .env_remove("STARLING_DATA_DIR")
             .stdout(Stdio::null())

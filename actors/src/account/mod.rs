@@ -9,6 +9,7 @@
 
 pub mod channel_io;
 pub mod contacts;
+pub mod discovered;
 pub mod swarms;
 
 use actix::prelude::*;

@@ -1324,3 +1324,24 @@ impl Swarms {
         self.invitations.remove(conversation);
     }
 }
+
+// ---- what discovery asks of the registry (see `super::discovered`) ----
+
+impl Swarms {
+    /// Accounts whose devices this account wants to reach: every member and
+    /// invitee of every swarm (invitees so the invitation can be told).
+    pub(super) fn accounts_of_interest(&self) -> BTreeSet<AccountId> {
+        self.registry
+            .values()
+            .flat_map(|entry| entry.view.members.keys().copied())
+            .collect()
+    }
+
+    /// Whether a device of `account` (or `device` itself) is connected.
+    pub(super) fn reaches(&self, account: &AccountId, device: Option<&DeviceId>) -> bool {
+        match device {
+            Some(device) => self.connected.contains_key(device),
+            None => self.connected.values().any(|p| p.account_id == *account),
+        }
+    }
+}
