@@ -85,6 +85,8 @@ fn text(generation: u64, t: &str) -> Vec<u8> {
 
 /// Bob's replica carries one crafted commit; Alice fetches it.
 fn alice_fetches(p: &mut Pair) -> Result<Vec<Rejection>, StoreError> {
+    // Crafted objects sit in Bob's staging area until persisted.
+    p.b.persist_objects().unwrap();
     p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW)
         .map(|r| r.rejected)
 }
@@ -259,8 +261,10 @@ fn rejection_table() {
                 // Sign one text, then swap the body under the signature.
                 let head = head_oid(&p.b);
                 let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
-                let repo = p.b.repository();
                 let id = craft(&p.b, &p.b1, head, &text(g, "original"), &Changes::new());
+                // On disk first: libgit2 reads staged objects unterminated.
+                p.b.persist_objects().unwrap();
+                let repo = p.b.repository();
                 let (sig, payload) = repo.extract_signature(&id, None).unwrap();
                 let forged = String::from_utf8(payload.to_vec())
                     .unwrap()
@@ -630,6 +634,7 @@ fn a_bad_commit_rejects_its_descendants_but_not_the_branch_beside_it() {
         "t",
     )
     .unwrap();
+    p.b.persist_objects().unwrap();
     let report = p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
     assert_eq!(report.accepted, 1, "{:?}", report.rejected);
     assert_eq!(report.rejected.len(), 3);

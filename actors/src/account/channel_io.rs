@@ -13,6 +13,7 @@ use starling_protocol::DeviceId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::io::SyncIoBridge;
 
+use crate::conversation::durable;
 use crate::conversation::store::{quarantine_ref, HEAD_REF};
 use crate::git_wire::{self, GitWireError};
 use crate::transport::{Channel, ChannelRecv, ChannelSend};
@@ -106,7 +107,7 @@ pub async fn receive_frame(channel: Channel) -> Result<SwarmFrame, ChannelIoErro
 pub async fn serve_git(channel: Channel, path: PathBuf) -> Result<(), ChannelIoError> {
     let mut bridge = SyncIoBridge::new(ChannelStream::new(channel));
     tokio::task::spawn_blocking(move || {
-        let repo = git2::Repository::open_bare(&path)?;
+        let repo = durable::open_bare(&path)?;
         git_wire::server::serve_upload_pack(&repo, &mut bridge)?;
         bridge.shutdown()?;
         Ok(())
@@ -126,10 +127,12 @@ pub async fn fetch_git(
 ) -> Result<git_wire::client::Fetched, ChannelIoError> {
     let bridge = SyncIoBridge::new(ChannelStream::new(channel));
     tokio::task::spawn_blocking(move || {
+        // Durable opens: the fetched pack is fsync'd before the conversation
+        // moves any ref to it.
         let repo = if init {
-            git2::Repository::init_bare(&path)?
+            durable::init_bare(&path)?
         } else {
-            git2::Repository::open_bare(&path)?
+            durable::open_bare(&path)?
         };
         let refspec = format!("+{HEAD_REF}:{}", quarantine_ref(&peer.to_hex()));
         Ok(git_wire::client::fetch(&repo, bridge, &[refspec.as_str()])?)
