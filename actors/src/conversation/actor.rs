@@ -32,7 +32,7 @@ use starling_protocol::{AccountId, DeviceId};
 
 use super::metrics::SwarmMetrics;
 use super::sign::DeviceSigner;
-use super::store::{oid, FetchReport, Store, StoreError};
+use super::store::{commit_id, oid, FetchReport, Store, StoreError};
 
 /// What went wrong in a conversation.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +138,8 @@ pub struct Conversation {
     staged: usize,
     /// Whether a [`FlushBatch`] is in the mailbox.
     flush_queued: bool,
+    /// Told of every durable batch before its requests are answered.
+    listener: Option<Recipient<BatchDurable>>,
 }
 
 impl Conversation {
@@ -152,7 +154,24 @@ impl Conversation {
             waiters: Arc::new(Mutex::new(Vec::new())),
             staged: 0,
             flush_queued: false,
+            listener: None,
         }
+    }
+
+    /// Starts the actor on its own thread; `listener` hears of every durable
+    /// batch (with its pack, to announce inline) before its requests are
+    /// answered.
+    pub fn start_with_listener(
+        path: PathBuf,
+        signer: DeviceSigner,
+        metrics: SwarmMetrics,
+        listener: Recipient<BatchDurable>,
+    ) -> Addr<Self> {
+        SyncArbiter::start(1, move || {
+            let mut conversation = Conversation::new(path.clone(), signer.clone(), metrics.clone());
+            conversation.listener = Some(listener.clone());
+            conversation
+        })
     }
 
     /// Starts the actor on its own thread.
@@ -203,10 +222,22 @@ impl Conversation {
         }
         let result = self.with_store(|store, _| {
             store.commit_staged()?;
-            view_of(store)
+            Ok((view_of(store)?, store.take_batch_pack()))
         });
         match result {
-            Ok(view) => {
+            Ok((view, pack)) => {
+                if let Some(listener) = &self.listener {
+                    // Waited for (bounded mailbox, back-pressure): the listener
+                    // has seen the batch before any of its requests is answered,
+                    // so it announces the batch once, with its pack.
+                    let told = BatchDurable {
+                        view: view.clone(),
+                        pack: pack.map(Arc::new),
+                    };
+                    if futures::executor::block_on(listener.send(told)).is_err() {
+                        tracing::debug!("batch listener is gone");
+                    }
+                }
                 for waiter in waiters {
                     if waiter.is_text {
                         self.metrics.messages_sent.inc();
@@ -480,6 +511,69 @@ impl Handler<ReceiveQuarantined> for Conversation {
             let head = oid(&store.head()?);
             let held = msg
                 .wanted
+                .into_iter()
+                .filter(|id| holds(store, head, id))
+                .collect();
+            Ok(Received {
+                view: view_of(store)?,
+                report,
+                held,
+            })
+        });
+        self.count_rejections();
+        if let Ok(received) = &result {
+            self.metrics
+                .commits_accepted
+                .inc_by(received.report.accepted as u64);
+        }
+        result
+    }
+}
+
+/// Told to the listener of [`Conversation::start_with_listener`] once a batch
+/// of authored commits is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BatchDurable {
+    /// The swarm after the batch.
+    pub view: SwarmView,
+    /// The batch's pack (its new objects only), when small enough to
+    /// announce inline.
+    pub pack: Option<Arc<Vec<u8>>>,
+}
+
+/// Receives `head` from `peer` with the objects of an inline pack
+/// (a `heads_pack` frame): validates and merges as a fetch would.
+#[derive(Message)]
+#[rtype(result = "Result<Received, ConversationError>")]
+pub struct ReceivePack {
+    /// The announcing device.
+    pub peer: DeviceId,
+    /// The announced head.
+    pub head: CommitId,
+    /// The pack that came with it.
+    pub pack: Arc<Vec<u8>>,
+}
+
+impl Handler<ReceivePack> for Conversation {
+    type Result = Result<Received, ConversationError>;
+    fn handle(&mut self, msg: ReceivePack, _: &mut Self::Context) -> Self::Result {
+        self.flush_batch();
+        let peer = msg.peer.to_hex();
+        let result = self.with_store(|store, signer| {
+            let head = oid(&store.head()?);
+            let report = if holds(store, head, &msg.head) {
+                FetchReport {
+                    accepted: 0,
+                    rejected: Vec::new(),
+                    head: commit_id(head),
+                    merged: false,
+                }
+            } else {
+                store.receive_pack(&peer, msg.head, &msg.pack, signer, now_secs())?
+            };
+            let head = oid(&store.head()?);
+            let held = [msg.head]
                 .into_iter()
                 .filter(|id| holds(store, head, id))
                 .collect();

@@ -92,33 +92,46 @@ impl Staging {
         // ties it to the `Repository` borrow by convention. The box gives it
         // a stable address for `mempack` to borrow, and `mempack` (a pointer
         // to a backend the odb owns and frees) is dropped first.
-        let odb: Box<Odb<'static>> = Box::new(unsafe { std::mem::transmute(odb) });
+        let odb: Box<Odb<'static>> =
+            Box::new(unsafe { std::mem::transmute::<Odb<'_>, Odb<'static>>(odb) });
         let mempack = odb.add_new_mempack_backend(STAGING_PRIORITY)?;
-        let mempack: Mempack<'static> = unsafe { std::mem::transmute(mempack) };
+        let mempack: Mempack<'static> =
+            unsafe { std::mem::transmute::<Mempack<'_>, Mempack<'static>>(mempack) };
         Ok(Self { mempack, _odb: odb })
     }
 
     /// Writes every staged object into one pack in `repo`, fsync'd (pack,
-    /// index and directory), then empties the staging area. Returns how many
-    /// pack bytes it wrote (0 when nothing was staged).
-    pub fn persist(&mut self, repo: &Repository) -> Result<usize, git2::Error> {
+    /// index and directory), then empties the staging area. Returns the pack
+    /// it wrote (`None` when nothing was staged): a self-contained pack of
+    /// exactly the new objects, which is what a peer holding the previous
+    /// head needs.
+    pub fn persist(&mut self, repo: &Repository) -> Result<Option<Vec<u8>>, git2::Error> {
         let mut pack = git2::Buf::new();
         self.mempack.dump(repo, &mut pack)?;
         // An empty dump is a pack with a header and no objects: nothing to do.
         let written = if pack.len() > EMPTY_PACK_BYTES {
-            let odb = repo.odb()?;
-            let mut writer = odb.packwriter()?;
-            writer
-                .write_all(&pack)
-                .map_err(|e| git2::Error::from_str(&format!("pack write: {e}")))?;
-            writer.commit()?;
-            pack.len()
+            write_pack(repo, &pack)?;
+            Some(pack.to_vec())
         } else {
-            0
+            None
         };
         self.mempack.reset()?;
         Ok(written)
     }
+}
+
+/// Indexes `pack` into `repo`'s object database (fsync'd: libgit2's switch).
+/// libgit2's indexer checks the pack's format and checksums; a pack from a
+/// peer is no more trusted than a fetched one: nothing references its
+/// objects until validation accepts them.
+pub fn write_pack(repo: &Repository, pack: &[u8]) -> Result<(), git2::Error> {
+    let odb = repo.odb()?;
+    let mut writer = odb.packwriter()?;
+    writer
+        .write_all(pack)
+        .map_err(|e| git2::Error::from_str(&format!("pack write: {e}")))?;
+    writer.commit()?;
+    Ok(())
 }
 
 /// A pack file and its index on disk.
@@ -207,12 +220,8 @@ pub fn consolidate_packs(repo: &Repository) -> Result<usize, git2::Error> {
     }
     let mut bytes = git2::Buf::new();
     builder.write_buf(&mut bytes)?;
+    write_pack(repo, &bytes)?;
     let odb = repo.odb()?;
-    let mut writer = odb.packwriter()?;
-    writer
-        .write_all(&bytes)
-        .map_err(|e| git2::Error::from_str(&format!("pack write: {e}")))?;
-    writer.commit()?;
     // The new pack is fsync'd (libgit2's switch); only now drop the old ones,
     // never the new one (libgit2 names a pack after its trailing checksum; a
     // merge identical to an old pack would share its name).

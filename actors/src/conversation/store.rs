@@ -30,6 +30,7 @@ use std::sync::Arc;
 use git2::{Oid, Repository};
 use starling_protocol::swarm::body::{encode_body, parse_body, Body, BodyKind, Mode};
 use starling_protocol::swarm::commit::sign_payload;
+use starling_protocol::swarm::gossip::INLINE_PACK_BYTES_MAX;
 use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::swarm::limits::{
     FETCH_COMMITS_MAX, PAGE_MESSAGES_MAX, TREE_FILES_MAX, TREE_FILE_BYTES_MAX,
@@ -150,6 +151,8 @@ pub struct Store {
     staging: Staging,
     /// Head of the commits staged but not yet durable (`None`: nothing staged).
     staged_head: Option<Oid>,
+    /// The pack of the last durable batch, if small enough to announce inline.
+    batch_pack: Option<Vec<u8>>,
     repo: Repository,
     conversation: CommitId,
     /// Tree id → parsed state (trees are shared by every message commit).
@@ -200,6 +203,7 @@ impl Store {
         let mut store = Self {
             staging,
             staged_head: None,
+            batch_pack: None,
             repo,
             conversation: commit_id(id),
             states: HashMap::new(),
@@ -248,6 +252,7 @@ impl Store {
         Ok(Self {
             staging: Staging::attach(&repo)?,
             staged_head: None,
+            batch_pack: None,
             repo,
             conversation,
             states: HashMap::new(),
@@ -289,6 +294,7 @@ impl Store {
         let mut store = Self {
             staging: Staging::attach(&repo)?,
             staged_head: None,
+            batch_pack: None,
             repo,
             conversation,
             states: HashMap::new(),
@@ -609,7 +615,7 @@ impl Store {
         let Some(staged) = self.staged_head else {
             return Ok(None);
         };
-        self.staging.persist(&self.repo)?;
+        let pack = self.staging.persist(&self.repo)?;
         let disk_head = self.repo.refname_to_id(HEAD_REF)?;
         // Compare-and-swap: the head must still be what the staged chain was
         // built on, or moving it would silently drop whatever moved it.
@@ -621,8 +627,39 @@ impl Store {
         self.repo
             .reference_matching(HEAD_REF, staged, true, disk_head, "author")?;
         self.staged_head = None;
+        self.batch_pack = pack.filter(|p| p.len() <= INLINE_PACK_BYTES_MAX);
         self.consolidate_packs();
         Ok(Some(commit_id(staged)))
+    }
+
+    /// The pack of the batch [`Store::commit_staged`] last made durable (its
+    /// new objects only), when it fits in a `heads_pack` frame.
+    pub fn take_batch_pack(&mut self) -> Option<Vec<u8>> {
+        self.batch_pack.take()
+    }
+
+    /// Receives `head` from `peer` with the objects of `pack` (a
+    /// `heads_pack` announcement): indexes the pack, then validates and
+    /// merges exactly as [`Store::receive`] does for fetched objects. Fails
+    /// (and moves nothing) when the pack lacks something validation needs,
+    /// e.g. a parent the receiver never got: the caller then fetches.
+    pub fn receive_pack(
+        &mut self,
+        peer: &str,
+        head: CommitId,
+        pack: &[u8],
+        signer: &DeviceSigner,
+        now_secs: i64,
+    ) -> Result<FetchReport, StoreError> {
+        check_peer_name(peer)?;
+        if pack.len() > INLINE_PACK_BYTES_MAX {
+            return Err(StoreError::TreeBound {
+                tree: head.to_hex(),
+                what: format!("inline pack of {} bytes", pack.len()),
+            });
+        }
+        durable::write_pack(&self.repo, pack)?;
+        self.receive(peer, oid(&head), signer, now_secs)
     }
 
     /// Makes objects written through [`Store::repository`] durable (for tests
