@@ -184,6 +184,22 @@ impl Node {
             .map(str::to_owned)
     }
 
+    /// The sum of every sample of metric `name` in `/metrics`.
+    fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(&format!("{}/metrics", self.api))
+            .call()
+            .expect("metrics")
+            .into_string()
+            .expect("text");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     fn repository(&self, conversation: &str) -> PathBuf {
         self.dir.join("swarms").join(format!("{conversation}.git"))
     }
@@ -342,6 +358,8 @@ fn throughput(root: &Path) -> Vec<(String, String)> {
         });
     }
     let converged = began.elapsed();
+    let batches = nodes[0].metric("starling_swarm_batch_commits_count");
+    let batched = nodes[0].metric("starling_swarm_batch_commits_sum");
     // The sequential figure, for comparison: one client, one at a time.
     let sequential = scaled(500);
     let seq_began = Instant::now();
@@ -361,6 +379,10 @@ fn throughput(root: &Path) -> Vec<(String, String)> {
         (
             "throughput: convergence lag after the last ack".into(),
             ms(converged - acknowledged),
+        ),
+        (
+            "throughput: mean commits per durable batch (group commit)".into(),
+            format!("{:.1}", batched / batches.max(1.0)),
         ),
         (
             format!("throughput: one sequential client ({sequential} messages, acked)"),

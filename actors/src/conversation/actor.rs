@@ -226,6 +226,7 @@ impl Conversation {
         });
         match result {
             Ok((view, pack)) => {
+                self.metrics.batch_commits.observe(staged as f64);
                 if let Some(listener) = &self.listener {
                     // Waited for (bounded mailbox, back-pressure): the listener
                     // has seen the batch before any of its requests is answered,
