@@ -181,7 +181,11 @@ async fn concurrent_sends_are_grouped_and_each_acknowledged_once_durable() {
         .args(["fsck", "--strict", "--no-dangling"])
         .output()
         .unwrap();
-    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stderr));
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
 }
 
 /// A commit the rules refuse, in the middle of a batch, is refused alone:

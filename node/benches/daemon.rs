@@ -125,7 +125,10 @@ impl Node {
             .env_remove("STARLING_API")
             .env_remove("STARLING_LISTEN")
             .env("STARLING_PEERS", peers.join(","))
-            .env("STARLING_LOG", "warn")
+            .env(
+                "STARLING_LOG",
+                std::env::var("STARLING_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -169,7 +172,11 @@ impl Node {
     }
 
     fn newest(&self, conversation: &str) -> Option<String> {
-        let list = self.call("GET", &format!("/swarms/{conversation}/messages?limit=1"), None);
+        let list = self.call(
+            "GET",
+            &format!("/swarms/{conversation}/messages?limit=1"),
+            None,
+        );
         list.get(0)
             .and_then(|m| m["id"].as_str())
             .map(str::to_owned)
@@ -233,7 +240,11 @@ fn observe_message(node: &Node, conversation: &str, id: &str) -> Instant {
         if node.newest(conversation).as_deref() == Some(id) {
             return Instant::now();
         }
-        assert!(Instant::now() < deadline, "{id} never reached {}", node.name);
+        assert!(
+            Instant::now() < deadline,
+            "{id} never reached {}",
+            node.name
+        );
         std::thread::sleep(POLL_INTERVAL);
     }
 }
@@ -430,7 +441,10 @@ fn catch_up(root: &Path) -> Vec<(String, String)> {
             format!("catch-up: fresh member joins {count} messages (clone + validate + join)"),
             ms(ours),
         ),
-        ("catch-up: stock `git fetch` from a local path".into(), ms(stock)),
+        (
+            "catch-up: stock `git fetch` from a local path".into(),
+            ms(stock),
+        ),
         (
             "catch-up: ratio (target ≤ 1.5)".into(),
             format!("{:.2}", ours.as_secs_f64() / stock.as_secs_f64()),
@@ -457,10 +471,20 @@ fn main() {
             continue;
         }
         let root = tempfile::tempdir().expect("tmp");
-        eprintln!("running {name} …");
-        rows.extend(bench(root.path()));
+        eprintln!("running {name} in {} …", root.path().display());
+        if std::env::var_os("STARLING_BENCH_KEEP").is_some() {
+            // Data dirs and daemon logs stay for a post-mortem.
+            let kept = root.keep();
+            rows.extend(bench(&kept));
+        } else {
+            rows.extend(bench(root.path()));
+        }
     }
-    let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     println!();
     for (key, value) in rows {
         println!("{key:<width$}  {value}");

@@ -256,12 +256,7 @@ impl Swarms {
     /// Announces the head: with `pack` (the objects of the batch that made
     /// it) as `heads_pack`, else as `heads`; with `again`, even if this head
     /// was announced before (anti-entropy).
-    fn announce_with(
-        &mut self,
-        conversation: &CommitId,
-        pack: Option<Arc<Vec<u8>>>,
-        again: bool,
-    ) {
+    fn announce_with(&mut self, conversation: &CommitId, pack: Option<Arc<Vec<u8>>>, again: bool) {
         let Some(entry) = self.registry.get_mut(conversation) else {
             return;
         };
@@ -765,27 +760,29 @@ fn heads_announced(
         return;
     }
     let addr = entry.addr.clone();
-    ctx.spawn(addr.send(Holds(heads.clone())).into_actor(account).map(
-        move |held, act, ctx| {
-            let Ok(Ok(held)) = held else {
-                return;
-            };
-            let Some(entry) = act
-                .swarms
-                .as_mut()
-                .and_then(|sw| sw.registry.get_mut(&conversation))
-            else {
-                return;
-            };
-            let starts = entry.scheduler.heads_announced(
-                &peer.device_id,
-                &heads,
-                |h| held.contains(h),
-                Instant::now(),
-            );
-            start_fetches(act, ctx, conversation, starts);
-        },
-    ));
+    ctx.spawn(
+        addr.send(Holds(heads.clone()))
+            .into_actor(account)
+            .map(move |held, act, ctx| {
+                let Ok(Ok(held)) = held else {
+                    return;
+                };
+                let Some(entry) = act
+                    .swarms
+                    .as_mut()
+                    .and_then(|sw| sw.registry.get_mut(&conversation))
+                else {
+                    return;
+                };
+                let starts = entry.scheduler.heads_announced(
+                    &peer.device_id,
+                    &heads,
+                    |h| held.contains(h),
+                    Instant::now(),
+                );
+                start_fetches(act, ctx, conversation, starts);
+            }),
+    );
 }
 
 impl Handler<BatchDurable> for Account {

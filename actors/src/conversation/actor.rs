@@ -45,7 +45,9 @@ pub enum ConversationError {
     },
     #[error("conversation actor is gone")]
     Gone,
-    #[error("conversation {conversation}: the batch holding this commit was not made durable: {reason}")]
+    #[error(
+        "conversation {conversation}: the batch holding this commit was not made durable: {reason}"
+    )]
     BatchFailed {
         conversation: String,
         reason: String,
@@ -122,7 +124,9 @@ type Waiters = Arc<Mutex<Vec<Waiter>>>;
 
 fn lock(waiters: &Waiters) -> std::sync::MutexGuard<'_, Vec<Waiter>> {
     // Never poisoned: nothing that holds it can panic.
-    waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    waiters
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The conversation actor.

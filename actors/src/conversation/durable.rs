@@ -57,7 +57,10 @@ pub fn enable_fsync() {
             )
         };
         if rc != 0 {
-            tracing::error!(rc, "libgit2 refused to enable fsync: writes are not durable");
+            tracing::error!(
+                rc,
+                "libgit2 refused to enable fsync: writes are not durable"
+            );
         }
     });
 }
@@ -207,9 +210,8 @@ pub fn consolidate_packs(repo: &Repository) -> Result<usize, git2::Error> {
     let mut objects = 0usize;
     for pack in &merged {
         let index = std::fs::read(&pack.index).map_err(io)?;
-        let ids = index_object_ids(&index).map_err(|e| {
-            git2::Error::from_str(&format!("{}: {e}", pack.index.display()))
-        })?;
+        let ids = index_object_ids(&index)
+            .map_err(|e| git2::Error::from_str(&format!("{}: {e}", pack.index.display())))?;
         objects += ids.len();
         if objects > CONSOLIDATE_OBJECTS_MAX {
             return Ok(0);

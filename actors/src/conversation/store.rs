@@ -729,6 +729,17 @@ impl Store {
             "staged commits are made durable before a receive"
         );
         if let Ok(old) = self.repo.refname_to_id(&peer_ref(peer)) {
+            if old != theirs && self.repo.graph_descendant_of(old, theirs)? {
+                // A stale announcement: a fetch that started before an
+                // inline pack brought a newer head from the same peer.
+                // Nothing to do, and no rewrite.
+                return Ok(FetchReport {
+                    accepted: 0,
+                    rejected: Vec::new(),
+                    head: self.head()?,
+                    merged: false,
+                });
+            }
             if !self.contains(theirs, old)? {
                 *self.rejections.entry("history_rewrite").or_default() += 1;
                 return Err(StoreError::HistoryRewrite {
