@@ -57,6 +57,8 @@ fn append_signed(store: &mut Store, signer: &DeviceSigner, n: usize) {
         head =
             write_commit(repo, signer, tree, &[head], &text(generation, i), NOW).expect("commit");
     }
+    store.persist_objects().expect("persist");
+    let repo = store.repository();
     repo.reference(HEAD_REF, head, true, "bench").expect("ref");
 }
 

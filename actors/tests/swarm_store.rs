@@ -85,6 +85,8 @@ fn text(generation: u64, t: &str) -> Vec<u8> {
 
 /// Bob's replica carries one crafted commit; Alice fetches it.
 fn alice_fetches(p: &mut Pair) -> Result<Vec<Rejection>, StoreError> {
+    // Crafted objects sit in Bob's staging area until persisted.
+    p.b.persist_objects().unwrap();
     p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW)
         .map(|r| r.rejected)
 }
@@ -259,8 +261,10 @@ fn rejection_table() {
                 // Sign one text, then swap the body under the signature.
                 let head = head_oid(&p.b);
                 let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
-                let repo = p.b.repository();
                 let id = craft(&p.b, &p.b1, head, &text(g, "original"), &Changes::new());
+                // On disk first: libgit2 reads staged objects unterminated.
+                p.b.persist_objects().unwrap();
+                let repo = p.b.repository();
                 let (sig, payload) = repo.extract_signature(&id, None).unwrap();
                 let forged = String::from_utf8(payload.to_vec())
                     .unwrap()
@@ -630,6 +634,7 @@ fn a_bad_commit_rejects_its_descendants_but_not_the_branch_beside_it() {
         "t",
     )
     .unwrap();
+    p.b.persist_objects().unwrap();
     let report = p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
     assert_eq!(report.accepted, 1, "{:?}", report.rejected);
     assert_eq!(report.rejected.len(), 3);
@@ -730,4 +735,74 @@ fn cloning_the_wrong_conversation_fails_and_leaves_nothing_openable() {
         Store::open(&path),
         Err(StoreError::NotAConversation(_))
     ));
+}
+
+/// A stale announcement (an older head of the same peer, arriving after a
+/// newer one, as when a fetch races an inline pack) is a no-op, not a
+/// history rewrite.
+#[test]
+fn an_older_head_of_the_same_peer_is_stale_not_a_rewrite() {
+    let mut p = pair(Mode::InvitesOnly);
+    p.a.send_text(&p.a1, "one", NOW).unwrap();
+    p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+    let older = head_oid(&p.a);
+    p.a.send_text(&p.a1, "two", NOW).unwrap();
+    p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+    let head = head_oid(&p.b);
+    let report = p.b.receive("alice", older, &p.b1, NOW).unwrap();
+    assert_eq!(report.accepted, 0);
+    assert!(report.rejected.is_empty());
+    assert_eq!(head_oid(&p.b), head);
+    assert!(
+        p.b.rejection_counts().is_empty(),
+        "nothing counted as a rejection"
+    );
+}
+
+/// An inline pack (the objects of the batch that made a head) lets a peer
+/// that holds the parent take the head without a fetch; one that lacks the
+/// parent is refused and moves nothing (it fetches instead).
+#[test]
+fn an_inline_batch_pack_is_received_only_on_top_of_its_parent() {
+    let mut p = pair(Mode::InvitesOnly);
+    p.a.author_staged(&p.a1, text_kind("one"), None, NOW)
+        .unwrap();
+    p.a.commit_staged().unwrap();
+    let first =
+        p.a.take_batch_pack()
+            .expect("a small batch has an inline pack");
+    let first_head = p.a.head().unwrap();
+    for i in 0..3 {
+        p.a.author_staged(&p.a1, text_kind(&format!("m{i}")), None, NOW)
+            .unwrap();
+    }
+    p.a.commit_staged().unwrap();
+    let second = p.a.take_batch_pack().expect("pack");
+    let second_head = p.a.head().unwrap();
+
+    let before = head_oid(&p.b);
+    assert!(
+        p.b.receive_pack("alice", second_head, &second, &p.b1, NOW)
+            .is_err(),
+        "the second batch alone lacks its parent"
+    );
+    assert_eq!(head_oid(&p.b), before, "a refused pack moves nothing");
+    let report =
+        p.b.receive_pack("alice", first_head, &first, &p.b1, NOW)
+            .unwrap();
+    assert_eq!(report.accepted, 1);
+    let report =
+        p.b.receive_pack("alice", second_head, &second, &p.b1, NOW)
+            .unwrap();
+    assert_eq!(report.accepted, 3);
+    assert_eq!(p.b.head().unwrap(), second_head);
+    assert_stock_git_accepts(&p.b, &p.b_path);
+}
+
+fn text_kind(text: &str) -> BodyKind {
+    BodyKind::Text {
+        text: text.into(),
+        reply_to: None,
+        edit_of: None,
+    }
 }

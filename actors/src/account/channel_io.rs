@@ -13,6 +13,7 @@ use starling_protocol::DeviceId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::io::SyncIoBridge;
 
+use crate::conversation::durable;
 use crate::conversation::store::{quarantine_ref, HEAD_REF};
 use crate::git_wire::{self, GitWireError};
 use crate::transport::{Channel, ChannelRecv, ChannelSend};
@@ -79,15 +80,29 @@ impl AsyncWrite for ChannelStream {
 
 /// Writes one frame and finishes the stream.
 pub async fn send_frame(channel: Channel, frame: &SwarmFrame) -> Result<(), ChannelIoError> {
-    let bytes = frame.encode()?;
+    send_frame_with(channel, frame, &[]).await
+}
+
+/// Writes one frame, then `trailer` (the pack of a `heads_pack` frame,
+/// whose `pack_bytes` says its length), and finishes the stream.
+pub async fn send_frame_with(
+    channel: Channel,
+    frame: &SwarmFrame,
+    trailer: &[u8],
+) -> Result<(), ChannelIoError> {
+    let mut bytes = frame.encode()?;
+    bytes.extend_from_slice(trailer);
     let mut stream = ChannelStream::new(channel);
     stream.write_all(&bytes).await?;
     stream.shutdown().await?;
     Ok(())
 }
 
-/// Reads the one frame a `swarm/<id>` channel carries.
-pub async fn receive_frame(channel: Channel) -> Result<SwarmFrame, ChannelIoError> {
+/// Reads the one frame a `swarm/<id>` channel carries, and the pack that
+/// follows a `heads_pack` frame (its length is bounded by the frame check).
+pub async fn receive_frame(
+    channel: Channel,
+) -> Result<(SwarmFrame, Option<Vec<u8>>), ChannelIoError> {
     let mut stream = ChannelStream::new(channel);
     let read = async {
         let mut prefix = [0u8; FRAME_LENGTH_BYTES];
@@ -95,7 +110,16 @@ pub async fn receive_frame(channel: Channel) -> Result<SwarmFrame, ChannelIoErro
         let len = SwarmFrame::payload_len(prefix)?;
         let mut payload = vec![0u8; len];
         stream.read_exact(&mut payload).await?;
-        Ok::<_, ChannelIoError>(SwarmFrame::decode_payload(&payload)?)
+        let frame = SwarmFrame::decode_payload(&payload)?;
+        let pack = match &frame {
+            SwarmFrame::HeadsPack { pack_bytes, .. } => {
+                let mut pack = vec![0u8; *pack_bytes];
+                stream.read_exact(&mut pack).await?;
+                Some(pack)
+            }
+            _ => None,
+        };
+        Ok::<_, ChannelIoError>((frame, pack))
     };
     tokio::time::timeout(FRAME_READ_TIMEOUT, read)
         .await
@@ -106,7 +130,7 @@ pub async fn receive_frame(channel: Channel) -> Result<SwarmFrame, ChannelIoErro
 pub async fn serve_git(channel: Channel, path: PathBuf) -> Result<(), ChannelIoError> {
     let mut bridge = SyncIoBridge::new(ChannelStream::new(channel));
     tokio::task::spawn_blocking(move || {
-        let repo = git2::Repository::open_bare(&path)?;
+        let repo = durable::open_bare(&path)?;
         git_wire::server::serve_upload_pack(&repo, &mut bridge)?;
         bridge.shutdown()?;
         Ok(())
@@ -126,10 +150,12 @@ pub async fn fetch_git(
 ) -> Result<git_wire::client::Fetched, ChannelIoError> {
     let bridge = SyncIoBridge::new(ChannelStream::new(channel));
     tokio::task::spawn_blocking(move || {
+        // Durable opens: the fetched pack is fsync'd before the conversation
+        // moves any ref to it.
         let repo = if init {
-            git2::Repository::init_bare(&path)?
+            durable::init_bare(&path)?
         } else {
-            git2::Repository::open_bare(&path)?
+            durable::open_bare(&path)?
         };
         let refspec = format!("+{HEAD_REF}:{}", quarantine_ref(&peer.to_hex()));
         Ok(git_wire::client::fetch(&repo, bridge, &[refspec.as_str()])?)

@@ -9,7 +9,10 @@
 //!
 //! Sync, as specified in `docs/PROTOCOL.md` §10:
 //! - every new head (authored, merged or fetched) is announced in a `heads`
-//!   frame on a fresh `swarm/<id>` channel to each connected member device;
+//!   frame on a fresh `swarm/<id>` channel to each connected member device,
+//!   once per head; a durable batch of authored commits is announced as
+//!   `heads_pack`, carrying the batch's pack, so receivers that hold the
+//!   parent validate and merge it without a fetch (and fetch otherwise);
 //! - on every connection up, and every [`ANTI_ENTROPY_INTERVAL`], heads are
 //!   announced again (anti-entropy), so a device that was offline catches up
 //!   from any member device;
@@ -29,6 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
@@ -40,10 +44,11 @@ use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::swarm::limits::TEXT_BYTES_MAX;
 use starling_protocol::{AccountId, AccountIdentity, DeviceId, VerifiedDevice};
 
-use super::channel_io::{fetch_git, receive_frame, send_frame, serve_git};
+use super::channel_io::{fetch_git, receive_frame, send_frame_with, serve_git};
 use super::Account;
 use crate::conversation::actor::{
-    AllowedSigners, Author, GetView, Holds, ListMessages, ReceiveQuarantined, Received,
+    AllowedSigners, Author, BatchDurable, GetView, Holds, ListMessages, ReceivePack,
+    ReceiveQuarantined, Received,
 };
 use crate::conversation::{
     Conversation, ConversationError, DeviceSigner, MessageItem, Role, Store, StoreError,
@@ -127,6 +132,9 @@ struct SwarmEntry {
     view: SwarmView,
     path: PathBuf,
     scheduler: FetchScheduler<DeviceId, CommitId>,
+    /// The last head announced to connected members (each head once;
+    /// anti-entropy and connection-up repeat it regardless).
+    announced: Option<CommitId>,
 }
 
 struct Invitation {
@@ -147,6 +155,8 @@ pub struct Swarms {
     joining: BTreeSet<CommitId>,
     invitations: BTreeMap<CommitId, Invitation>,
     connected: BTreeMap<DeviceId, VerifiedDevice>,
+    /// The account, told of every durable batch (set when it starts).
+    batch_listener: Option<Recipient<BatchDurable>>,
 }
 
 impl Swarms {
@@ -168,6 +178,7 @@ impl Swarms {
             joining: BTreeSet::new(),
             invitations: BTreeMap::new(),
             connected: BTreeMap::new(),
+            batch_listener: None,
         })
     }
 
@@ -176,7 +187,17 @@ impl Swarms {
     }
 
     fn start_conversation(&self, path: PathBuf) -> Addr<Conversation> {
-        Conversation::start_on_own_thread(path, self.signer.clone(), self.metrics.clone())
+        match &self.batch_listener {
+            Some(listener) => Conversation::start_with_listener(
+                path,
+                self.signer.clone(),
+                self.metrics.clone(),
+                listener.clone(),
+            ),
+            None => {
+                Conversation::start_on_own_thread(path, self.signer.clone(), self.metrics.clone())
+            }
+        }
     }
 
     fn insert(&mut self, addr: Addr<Conversation>, view: SwarmView, path: PathBuf) {
@@ -189,6 +210,7 @@ impl Swarms {
                 view,
                 path,
                 scheduler: FetchScheduler::new(),
+                announced: None,
             },
         );
         self.metrics.conversations.set(self.registry.len() as i64);
@@ -196,6 +218,17 @@ impl Swarms {
 
     /// Sends `frame` on a fresh `swarm/<id>` channel to `peer`, in the background.
     fn tell(&self, peer: DeviceId, conversation: CommitId, frame: SwarmFrame) {
+        self.tell_with(peer, conversation, frame, None)
+    }
+
+    /// Like [`Swarms::tell`], with the pack a `heads_pack` frame announces.
+    fn tell_with(
+        &self,
+        peer: DeviceId,
+        conversation: CommitId,
+        frame: SwarmFrame,
+        pack: Option<Arc<Vec<u8>>>,
+    ) {
         let Ok(name) = ChannelName::new(&format!("swarm/{}", conversation.to_hex())) else {
             return;
         };
@@ -203,7 +236,8 @@ impl Swarms {
         actix::spawn(async move {
             match transport.send(OpenChannel { peer, name }).await {
                 Ok(Ok(channel)) => {
-                    if let Err(e) = send_frame(channel, &frame).await {
+                    let trailer = pack.as_deref().map(Vec::as_slice).unwrap_or_default();
+                    if let Err(e) = send_frame_with(channel, &frame, trailer).await {
                         tracing::info!(%peer, error = %e, "swarm frame not delivered");
                     }
                 }
@@ -213,20 +247,35 @@ impl Swarms {
         });
     }
 
-    /// Announces `conversation`'s head to its connected member devices.
-    fn announce(&self, conversation: &CommitId) {
-        let Some(entry) = self.registry.get(conversation) else {
+    /// Announces `conversation`'s head to its connected member devices,
+    /// unless that head was announced already.
+    fn announce(&mut self, conversation: &CommitId) {
+        self.announce_with(conversation, None, false)
+    }
+
+    /// Announces the head: with `pack` (the objects of the batch that made
+    /// it) as `heads_pack`, else as `heads`; with `again`, even if this head
+    /// was announced before (anti-entropy).
+    fn announce_with(&mut self, conversation: &CommitId, pack: Option<Arc<Vec<u8>>>, again: bool) {
+        let Some(entry) = self.registry.get_mut(conversation) else {
             return;
         };
+        let head = entry.view.head;
+        if !again && entry.announced == Some(head) {
+            return;
+        }
+        entry.announced = Some(head);
+        let frame = match &pack {
+            Some(pack) => SwarmFrame::HeadsPack {
+                heads: vec![head],
+                pack_bytes: pack.len(),
+            },
+            None => SwarmFrame::Heads { heads: vec![head] },
+        };
+        let entry = &self.registry[conversation];
         for device in &entry.view.member_devices {
             if *device != self.local_device && self.connected.contains_key(device) {
-                self.tell(
-                    *device,
-                    *conversation,
-                    SwarmFrame::Heads {
-                        heads: vec![entry.view.head],
-                    },
-                );
+                self.tell_with(*device, *conversation, frame.clone(), pack.clone());
             }
         }
     }
@@ -265,6 +314,9 @@ fn swarms(account: &mut Account) -> Result<&mut Swarms, SwarmError> {
 /// the transport our CRL, loads the conversations on disk, and starts
 /// anti-entropy.
 pub(super) fn start(account: &mut Account, ctx: &mut Context<Account>) {
+    if let Some(sw) = account.swarms.as_mut() {
+        sw.batch_listener = Some(ctx.address().recipient::<BatchDurable>());
+    }
     let Some(sw) = account.swarms.as_ref() else {
         return;
     };
@@ -373,7 +425,7 @@ pub(super) fn start(account: &mut Account, ctx: &mut Context<Account>) {
         let ids: Vec<CommitId> = sw.registry.keys().copied().collect();
         let mut all = Vec::new();
         for id in ids {
-            sw.announce(&id);
+            sw.announce_with(&id, None, true);
             if let Some(entry) = sw.registry.get_mut(&id) {
                 all.push((id, entry.scheduler.tick(now)));
             }
@@ -584,12 +636,13 @@ impl Handler<IncomingChannel> for Account {
                         }
                     };
                     match frame {
-                        Ok(frame) => {
+                        Ok((frame, pack)) => {
                             let _ = me
                                 .send(FrameReceived {
                                     peer,
                                     conversation,
                                     frame,
+                                    pack,
                                 })
                                 .await;
                         }
@@ -611,6 +664,8 @@ struct FrameReceived {
     peer: VerifiedDevice,
     conversation: CommitId,
     frame: SwarmFrame,
+    /// The pack that followed a `heads_pack` frame.
+    pack: Option<Vec<u8>>,
 }
 
 impl Handler<FrameReceived> for Account {
@@ -624,35 +679,45 @@ impl Handler<FrameReceived> for Account {
             peer,
             conversation,
             frame,
+            pack,
         } = msg;
         match frame {
-            SwarmFrame::Heads { heads } => {
+            SwarmFrame::Heads { heads } => heads_announced(self, ctx, conversation, peer, heads),
+            SwarmFrame::HeadsPack { heads, .. } => {
+                let (Some(pack), [head]) = (pack, heads.as_slice()) else {
+                    return heads_announced(self, ctx, conversation, peer, heads);
+                };
                 let Some(entry) = sw.registry.get(&conversation) else {
                     return;
                 };
                 if !may_announce(&entry.view, &peer) {
                     return;
                 }
-                let addr = entry.addr.clone();
-                ctx.spawn(addr.send(Holds(heads.clone())).into_actor(self).map(
-                    move |held, act, ctx| {
-                        let Ok(Ok(held)) = held else {
-                            return;
-                        };
-                        let Some(entry) = act
-                            .swarms
-                            .as_mut()
-                            .and_then(|sw| sw.registry.get_mut(&conversation))
-                        else {
-                            return;
-                        };
-                        let starts = entry.scheduler.heads_announced(
-                            &peer.device_id,
-                            &heads,
-                            |h| held.contains(h),
-                            Instant::now(),
-                        );
-                        start_fetches(act, ctx, conversation, starts);
+                let receive = ReceivePack {
+                    peer: peer.device_id,
+                    head: *head,
+                    pack: Arc::new(pack),
+                };
+                ctx.spawn(entry.addr.send(receive).into_actor(self).map(
+                    move |received, act, ctx| match received {
+                        Ok(Ok(received)) if received.held.len() == heads.len() => {
+                            let Some(sw) = act.swarms.as_mut() else {
+                                return;
+                            };
+                            if let Some(entry) = sw.registry.get_mut(&conversation) {
+                                let moved = entry.view.head != received.view.head;
+                                entry.view = received.view;
+                                if moved {
+                                    sw.announce(&conversation);
+                                }
+                            }
+                        }
+                        other => {
+                            if let Ok(Err(e)) = other {
+                                tracing::debug!(%conversation, error = %e, "inline pack not taken; fetching");
+                            }
+                            heads_announced(act, ctx, conversation, peer, heads);
+                        }
                     },
                 ));
             }
@@ -676,6 +741,67 @@ impl Handler<FrameReceived> for Account {
                 }
             }
         }
+    }
+}
+
+/// Heads a member announced: the ones we lack go to the fetch scheduler.
+fn heads_announced(
+    account: &mut Account,
+    ctx: &mut Context<Account>,
+    conversation: CommitId,
+    peer: VerifiedDevice,
+    heads: Vec<CommitId>,
+) {
+    let Some(entry) = account
+        .swarms
+        .as_ref()
+        .and_then(|sw| sw.registry.get(&conversation))
+    else {
+        return;
+    };
+    if !may_announce(&entry.view, &peer) {
+        return;
+    }
+    let addr = entry.addr.clone();
+    ctx.spawn(
+        addr.send(Holds(heads.clone()))
+            .into_actor(account)
+            .map(move |held, act, ctx| {
+                let Ok(Ok(held)) = held else {
+                    return;
+                };
+                let Some(entry) = act
+                    .swarms
+                    .as_mut()
+                    .and_then(|sw| sw.registry.get_mut(&conversation))
+                else {
+                    return;
+                };
+                let starts = entry.scheduler.heads_announced(
+                    &peer.device_id,
+                    &heads,
+                    |h| held.contains(h),
+                    Instant::now(),
+                );
+                start_fetches(act, ctx, conversation, starts);
+            }),
+    );
+}
+
+impl Handler<BatchDurable> for Account {
+    type Result = ();
+
+    /// Announces a durable batch once, with its pack when it has one.
+    fn handle(&mut self, msg: BatchDurable, _: &mut Self::Context) {
+        let Some(sw) = self.swarms.as_mut() else {
+            return;
+        };
+        let conversation = msg.view.id;
+        let Some(entry) = sw.registry.get_mut(&conversation) else {
+            return; // being created or joined: the caller announces
+        };
+        entry.view = msg.view;
+        sw.announce_with(&conversation, msg.pack, false);
     }
 }
 

@@ -7,11 +7,23 @@
 //! the actor itself stops, the arbiter builds a fresh one from the same path
 //! (its factory only remembers the path and the signer). Either way a failing
 //! conversation recovers from its repository without taking its account down.
+//!
+//! **Group commit.** An [`Author`] request is staged (signed, validated,
+//! written to the store's in-memory staging area) and its reply is held; the
+//! actor then sends itself a [`FlushBatch`], which lands in the mailbox behind
+//! every request already queued. Those are staged too, so when the flush runs
+//! it makes the whole batch durable with one pack fsync and one head move,
+//! and only then answers each held request. Under load, requests arriving
+//! during a flush form the next batch. Any other request flushes first, so
+//! nothing ever reads a head that is not on disk. A batch holds at most
+//! [`BATCH_COMMITS_MAX`] commits.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
 use starling_protocol::swarm::body::{Body, BodyKind, MemberAction};
 use starling_protocol::swarm::ids::CommitId;
@@ -20,7 +32,7 @@ use starling_protocol::{AccountId, DeviceId};
 
 use super::metrics::SwarmMetrics;
 use super::sign::DeviceSigner;
-use super::store::{oid, FetchReport, Store, StoreError};
+use super::store::{commit_id, oid, FetchReport, Store, StoreError};
 
 /// What went wrong in a conversation.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +45,18 @@ pub enum ConversationError {
     },
     #[error("conversation actor is gone")]
     Gone,
+    #[error(
+        "conversation {conversation}: the batch holding this commit was not made durable: {reason}"
+    )]
+    BatchFailed {
+        conversation: String,
+        reason: String,
+    },
 }
+
+/// Authored commits one durable batch holds at most; further requests wait
+/// for the next batch.
+pub const BATCH_COMMITS_MAX: usize = 256;
 
 /// An account's role in a swarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -85,6 +108,27 @@ pub struct MessageItem {
     pub reply_to: Option<String>,
 }
 
+type AuthorResult = Result<(CommitId, SwarmView), ConversationError>;
+
+/// A held reply to an [`Author`] request whose commit is staged.
+struct Waiter {
+    id: CommitId,
+    is_text: bool,
+    reply: Option<OneshotSender<AuthorResult>>,
+}
+
+/// Replies held until their batch is durable. Shared with [`AuthorReply`],
+/// which parks each reply here right after its handler returns (actix hands
+/// the reply channel to the response, not to the handler).
+type Waiters = Arc<Mutex<Vec<Waiter>>>;
+
+fn lock(waiters: &Waiters) -> std::sync::MutexGuard<'_, Vec<Waiter>> {
+    // Never poisoned: nothing that holds it can panic.
+    waiters
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The conversation actor.
 pub struct Conversation {
     path: PathBuf,
@@ -93,6 +137,13 @@ pub struct Conversation {
     metrics: SwarmMetrics,
     /// Rejections already counted into `metrics`, by reason.
     counted_rejections: BTreeMap<&'static str, u64>,
+    waiters: Waiters,
+    /// Commits staged in the current batch.
+    staged: usize,
+    /// Whether a [`FlushBatch`] is in the mailbox.
+    flush_queued: bool,
+    /// Told of every durable batch before its requests are answered.
+    listener: Option<Recipient<BatchDurable>>,
 }
 
 impl Conversation {
@@ -104,7 +155,27 @@ impl Conversation {
             store: None,
             metrics,
             counted_rejections: BTreeMap::new(),
+            waiters: Arc::new(Mutex::new(Vec::new())),
+            staged: 0,
+            flush_queued: false,
+            listener: None,
         }
+    }
+
+    /// Starts the actor on its own thread; `listener` hears of every durable
+    /// batch (with its pack, to announce inline) before its requests are
+    /// answered.
+    pub fn start_with_listener(
+        path: PathBuf,
+        signer: DeviceSigner,
+        metrics: SwarmMetrics,
+        listener: Recipient<BatchDurable>,
+    ) -> Addr<Self> {
+        SyncArbiter::start(1, move || {
+            let mut conversation = Conversation::new(path.clone(), signer.clone(), metrics.clone());
+            conversation.listener = Some(listener.clone());
+            conversation
+        })
     }
 
     /// Starts the actor on its own thread.
@@ -143,6 +214,60 @@ impl Conversation {
             conversation: self.path.display().to_string(),
             source,
         })
+    }
+
+    /// Makes the staged batch durable and answers its held requests (all
+    /// with the same view), or fails them all if it could not.
+    fn flush_batch(&mut self) {
+        let waiters = std::mem::take(&mut *lock(&self.waiters));
+        let staged = std::mem::take(&mut self.staged);
+        if waiters.is_empty() && staged == 0 {
+            return;
+        }
+        let result = self.with_store(|store, _| {
+            store.commit_staged()?;
+            Ok((view_of(store)?, store.take_batch_pack()))
+        });
+        match result {
+            Ok((view, pack)) => {
+                self.metrics.batch_commits.observe(staged as f64);
+                if let Some(listener) = &self.listener {
+                    // Waited for (bounded mailbox, back-pressure): the listener
+                    // has seen the batch before any of its requests is answered,
+                    // so it announces the batch once, with its pack.
+                    let told = BatchDurable {
+                        view: view.clone(),
+                        pack: pack.map(Arc::new),
+                    };
+                    if futures::executor::block_on(listener.send(told)).is_err() {
+                        tracing::debug!("batch listener is gone");
+                    }
+                }
+                for waiter in waiters {
+                    if waiter.is_text {
+                        self.metrics.messages_sent.inc();
+                    }
+                    if let Some(reply) = waiter.reply {
+                        let _ = reply.send(Ok((waiter.id, view.clone())));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, commits = staged, "batch not made durable");
+                self.fail(waiters, &e.to_string());
+            }
+        }
+    }
+
+    fn fail(&self, waiters: Vec<Waiter>, reason: &str) {
+        for waiter in waiters {
+            if let Some(reply) = waiter.reply {
+                let _ = reply.send(Err(ConversationError::BatchFailed {
+                    conversation: self.path.display().to_string(),
+                    reason: reason.to_owned(),
+                }));
+            }
+        }
     }
 
     fn count_rejections(&mut self) {
@@ -229,6 +354,7 @@ pub struct GetView;
 impl Handler<GetView> for Conversation {
     type Result = Result<SwarmView, ConversationError>;
     fn handle(&mut self, _: GetView, _: &mut Self::Context) -> Self::Result {
+        self.flush_batch();
         self.with_store(|store, _| view_of(store))
     }
 }
@@ -244,17 +370,97 @@ pub struct Author {
 }
 
 impl Handler<Author> for Conversation {
-    type Result = Result<(CommitId, SwarmView), ConversationError>;
-    fn handle(&mut self, msg: Author, _: &mut Self::Context) -> Self::Result {
-        let is_text = matches!(msg.kind, BodyKind::Text { .. });
-        let result = self.with_store(|store, signer| {
-            let id = store.author(signer, msg.kind, msg.content, now_secs())?;
-            Ok((id, view_of(store)?))
-        });
-        if result.is_ok() && is_text {
-            self.metrics.messages_sent.inc();
+    type Result = AuthorReply;
+    fn handle(&mut self, msg: Author, ctx: &mut Self::Context) -> AuthorReply {
+        if self.staged >= BATCH_COMMITS_MAX {
+            self.flush_batch();
         }
-        result
+        let is_text = matches!(msg.kind, BodyKind::Text { .. });
+        let signer = self.signer.clone();
+        let staged = self
+            .store()
+            .and_then(|store| store.author_staged(&signer, msg.kind, msg.content, now_secs()));
+        let conversation = self.path.display().to_string();
+        match staged {
+            Ok(id) => {
+                self.staged += 1;
+                if !self.flush_queued {
+                    // Queued behind every request already waiting: they join this batch.
+                    ctx.address().do_send(FlushBatch);
+                    self.flush_queued = true;
+                }
+                AuthorReply(Reply::Staged {
+                    id,
+                    is_text,
+                    waiters: self.waiters.clone(),
+                })
+            }
+            // A refusal by the rules stages nothing and leaves the store sound.
+            Err(source @ StoreError::Own(_)) => {
+                AuthorReply(Reply::Now(Err(ConversationError::Store {
+                    conversation,
+                    source,
+                })))
+            }
+            Err(source) => {
+                // The store is reopened from disk; what was staged is gone.
+                self.store = None;
+                self.staged = 0;
+                let waiters = std::mem::take(&mut *lock(&self.waiters));
+                self.fail(waiters, &source.to_string());
+                AuthorReply(Reply::Now(Err(ConversationError::Store {
+                    conversation,
+                    source,
+                })))
+            }
+        }
+    }
+}
+
+/// The reply to [`Author`]: an immediate error, or a commit staged whose
+/// reply waits for its batch to be durable.
+pub struct AuthorReply(Reply);
+
+enum Reply {
+    /// Answered now (the commit was refused or the store failed).
+    Now(AuthorResult),
+    /// Staged; answered by the next flush.
+    Staged {
+        id: CommitId,
+        /// Whether it is a text message (for the metric, counted when durable).
+        is_text: bool,
+        waiters: Waiters,
+    },
+}
+
+impl MessageResponse<Conversation, Author> for AuthorReply {
+    fn handle(self, _: &mut SyncContext<Conversation>, reply: Option<OneshotSender<AuthorResult>>) {
+        match self.0 {
+            Reply::Now(result) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Reply::Staged {
+                id,
+                is_text,
+                waiters,
+            } => lock(&waiters).push(Waiter { id, is_text, reply }),
+        }
+    }
+}
+
+/// Makes the staged batch durable and answers its requests (the actor sends
+/// it to itself; see the module docs).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushBatch;
+
+impl Handler<FlushBatch> for Conversation {
+    type Result = ();
+    fn handle(&mut self, _: FlushBatch, _: &mut Self::Context) {
+        self.flush_queued = false;
+        self.flush_batch();
     }
 }
 
@@ -266,6 +472,7 @@ pub struct Holds(pub Vec<CommitId>);
 impl Handler<Holds> for Conversation {
     type Result = Result<BTreeSet<CommitId>, ConversationError>;
     fn handle(&mut self, msg: Holds, _: &mut Self::Context) -> Self::Result {
+        self.flush_batch();
         self.with_store(|store, _| {
             let head = oid(&store.head()?);
             Ok(msg
@@ -302,12 +509,76 @@ pub struct Received {
 impl Handler<ReceiveQuarantined> for Conversation {
     type Result = Result<Received, ConversationError>;
     fn handle(&mut self, msg: ReceiveQuarantined, _: &mut Self::Context) -> Self::Result {
+        self.flush_batch();
         let peer = msg.peer.to_hex();
         let result = self.with_store(|store, signer| {
             let report = store.receive_quarantined(&peer, signer, now_secs())?;
             let head = oid(&store.head()?);
             let held = msg
                 .wanted
+                .into_iter()
+                .filter(|id| holds(store, head, id))
+                .collect();
+            Ok(Received {
+                view: view_of(store)?,
+                report,
+                held,
+            })
+        });
+        self.count_rejections();
+        if let Ok(received) = &result {
+            self.metrics
+                .commits_accepted
+                .inc_by(received.report.accepted as u64);
+        }
+        result
+    }
+}
+
+/// Told to the listener of [`Conversation::start_with_listener`] once a batch
+/// of authored commits is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BatchDurable {
+    /// The swarm after the batch.
+    pub view: SwarmView,
+    /// The batch's pack (its new objects only), when small enough to
+    /// announce inline.
+    pub pack: Option<Arc<Vec<u8>>>,
+}
+
+/// Receives `head` from `peer` with the objects of an inline pack
+/// (a `heads_pack` frame): validates and merges as a fetch would.
+#[derive(Message)]
+#[rtype(result = "Result<Received, ConversationError>")]
+pub struct ReceivePack {
+    /// The announcing device.
+    pub peer: DeviceId,
+    /// The announced head.
+    pub head: CommitId,
+    /// The pack that came with it.
+    pub pack: Arc<Vec<u8>>,
+}
+
+impl Handler<ReceivePack> for Conversation {
+    type Result = Result<Received, ConversationError>;
+    fn handle(&mut self, msg: ReceivePack, _: &mut Self::Context) -> Self::Result {
+        self.flush_batch();
+        let peer = msg.peer.to_hex();
+        let result = self.with_store(|store, signer| {
+            let head = oid(&store.head()?);
+            let report = if holds(store, head, &msg.head) {
+                FetchReport {
+                    accepted: 0,
+                    rejected: Vec::new(),
+                    head: commit_id(head),
+                    merged: false,
+                }
+            } else {
+                store.receive_pack(&peer, msg.head, &msg.pack, signer, now_secs())?
+            };
+            let head = oid(&store.head()?);
+            let held = [msg.head]
                 .into_iter()
                 .filter(|id| holds(store, head, id))
                 .collect();
@@ -338,6 +609,7 @@ pub struct ListMessages {
 impl Handler<ListMessages> for Conversation {
     type Result = Result<Vec<MessageItem>, ConversationError>;
     fn handle(&mut self, msg: ListMessages, _: &mut Self::Context) -> Self::Result {
+        self.flush_batch();
         self.with_store(|store, _| {
             let state = store.state()?;
             let views = store.last_messages(msg.limit)?;
@@ -380,6 +652,7 @@ pub struct AllowedSigners;
 impl Handler<AllowedSigners> for Conversation {
     type Result = Result<String, ConversationError>;
     fn handle(&mut self, _: AllowedSigners, _: &mut Self::Context) -> Self::Result {
+        self.flush_batch();
         self.with_store(|store, _| store.allowed_signers())
     }
 }

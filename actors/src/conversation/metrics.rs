@@ -9,6 +9,9 @@ const FETCH_SECONDS_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
+/// Upper bounds of the commits-per-durable-batch histogram.
+const BATCH_COMMITS_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// Cheap handles on the swarm metrics (clones share the same series).
 #[derive(Clone)]
 pub struct SwarmMetrics {
@@ -27,6 +30,8 @@ pub struct SwarmMetrics {
     refused: IntCounterVec,
     /// Invitations received over the network.
     pub invitations_received: IntCounter,
+    /// Authored commits made durable together (group commit).
+    pub batch_commits: Histogram,
 }
 
 impl SwarmMetrics {
@@ -80,6 +85,14 @@ impl SwarmMetrics {
             "starling_swarm_invitations_received_total",
             "Swarm invitations received from peers.",
         )?;
+        let batch_commits = Histogram::with_opts(
+            HistogramOpts::new(
+                "starling_swarm_batch_commits",
+                "Authored commits made durable by one pack fsync and one head move (group commit size).",
+            )
+            .buckets(BATCH_COMMITS_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(batch_commits.clone()))?;
         registry.register(Box::new(messages_sent.clone()))?;
         registry.register(Box::new(commits_accepted.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
@@ -99,6 +112,7 @@ impl SwarmMetrics {
             peers_connected,
             refused,
             invitations_received,
+            batch_commits,
         })
     }
 

@@ -3,10 +3,12 @@
 //! The only place git2 is used (with `git_wire`). [`store::Store`] turns
 //! repositories into the plain values `starling_protocol::swarm` judges and
 //! applies its verdicts; [`sign::DeviceSigner`] holds what a device needs to
-//! sign commits; [`actor::Conversation`] owns one store on its own thread;
+//! sign commits; [`actor::Conversation`] owns one store on its own thread
+//! and groups authored commits into durable batches ([`durable`]);
 //! [`metrics`] are the swarm layer's per-node metrics.
 
 pub mod actor;
+pub mod durable;
 pub mod metrics;
 pub mod sign;
 pub mod store;

@@ -16,6 +16,12 @@
 //! Every commit this store authors goes through the same validation as a
 //! fetched one before the head moves, so a replica never publishes a commit
 //! its peers would refuse.
+//!
+//! Durability (see `durable.rs`): objects this store writes are staged in
+//! memory and persisted as one fsync'd pack before any ref moves to them;
+//! refs are fsync'd as they move. [`Store::author_staged`] stages a commit
+//! without moving the head, so the conversation actor can stage a batch and
+//! make it durable with one [`Store::commit_staged`] (group commit).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -24,6 +30,7 @@ use std::sync::Arc;
 use git2::{Oid, Repository};
 use starling_protocol::swarm::body::{encode_body, parse_body, Body, BodyKind, Mode};
 use starling_protocol::swarm::commit::sign_payload;
+use starling_protocol::swarm::gossip::INLINE_PACK_BYTES_MAX;
 use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::swarm::limits::{
     FETCH_COMMITS_MAX, PAGE_MESSAGES_MAX, TREE_FILES_MAX, TREE_FILE_BYTES_MAX,
@@ -40,6 +47,7 @@ use starling_protocol::swarm::validation::{
 };
 use starling_protocol::{AccountId, DeviceCert, DeviceId};
 
+use super::durable::{self, Staging};
 use super::sign::{allowed_signers_line, DeviceSigner};
 
 /// The accepted head.
@@ -139,6 +147,12 @@ fn check_peer_name(peer: &str) -> Result<(), StoreError> {
 
 /// A conversation repository on disk.
 pub struct Store {
+    // Declared before `repo`: the staging area points into its object database.
+    staging: Staging,
+    /// Head of the commits staged but not yet durable (`None`: nothing staged).
+    staged_head: Option<Oid>,
+    /// The pack of the last durable batch, if small enough to announce inline.
+    batch_pack: Option<Vec<u8>>,
     repo: Repository,
     conversation: CommitId,
     /// Tree id → parsed state (trees are shared by every message commit).
@@ -169,7 +183,8 @@ impl Store {
         mode: Mode,
         now_secs: i64,
     ) -> Result<Self, StoreError> {
-        let repo = Repository::init_bare(path)?;
+        let repo = durable::init_bare(path)?;
+        let staging = Staging::attach(&repo)?;
         let mut changes = Changes::new();
         changes.insert(MODE_PATH.into(), Some(mode.as_str().as_bytes().to_vec()));
         changes.insert(
@@ -183,8 +198,12 @@ impl Store {
         let empty = repo.treebuilder(None)?.write()?;
         let tree = tree_with_changes(&repo, empty, &changes)?;
         let body = encode_body(0, &BodyKind::Initial { mode });
-        let id = write_commit(&repo, signer, tree, &[], &body, now_secs)?;
+        let written = write_commit_parts(&repo, signer, tree, &[], &body, now_secs)?;
+        let id = written.id;
         let mut store = Self {
+            staging,
+            staged_head: None,
+            batch_pack: None,
             repo,
             conversation: commit_id(id),
             states: HashMap::new(),
@@ -192,7 +211,9 @@ impl Store {
             commit_trees: HashMap::new(),
             rejections: BTreeMap::new(),
         };
-        let candidate = store.candidate(id)?;
+        // From the bytes in hand: staged objects must not be read back through
+        // `extract_signature` (see `staged_candidate`).
+        let candidate = staged_candidate(written, changes);
         let accepted = validate_commit(
             &candidate,
             &[],
@@ -204,6 +225,7 @@ impl Store {
         )
         .map_err(|r| StoreError::Own(Box::new(r)))?;
         store.remember(id, &accepted)?;
+        store.staging.persist(&store.repo)?;
         store
             .repo
             .reference(HEAD_REF, id, true, "create conversation")?;
@@ -217,7 +239,7 @@ impl Store {
 
     /// Opens an existing conversation repository.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let repo = Repository::open_bare(path)?;
+        let repo = durable::open_bare(path)?;
         let conversation = repo
             .config()?
             .get_string(CONFIG_CONVERSATION)
@@ -228,6 +250,9 @@ impl Store {
             })?;
         repo.refname_to_id(HEAD_REF)?;
         Ok(Self {
+            staging: Staging::attach(&repo)?,
+            staged_head: None,
+            batch_pack: None,
             repo,
             conversation,
             states: HashMap::new(),
@@ -249,7 +274,7 @@ impl Store {
         now_secs: i64,
     ) -> Result<Self, StoreError> {
         check_peer_name(peer)?;
-        let repo = Repository::init_bare(path)?;
+        let repo = durable::init_bare(path)?;
         fetch_into_quarantine(&repo, remote, peer)?;
         Self::adopt_quarantined(repo, conversation, peer, now_secs)
     }
@@ -267,6 +292,9 @@ impl Store {
         check_peer_name(peer)?;
         let theirs = repo.refname_to_id(&quarantine_ref(peer))?;
         let mut store = Self {
+            staging: Staging::attach(&repo)?,
+            staged_head: None,
+            batch_pack: None,
             repo,
             conversation,
             states: HashMap::new(),
@@ -481,9 +509,10 @@ impl Store {
         ids.into_iter().map(|id| self.candidate(id)).collect()
     }
 
-    /// Authors a commit of `kind` on the head, with the file changes its type
-    /// implies (`content` fills the one file whose content the author chooses:
-    /// the profile or the CRL).
+    /// Authors a commit of `kind` on the head and makes it durable (objects,
+    /// then the head), with the file changes its type implies (`content`
+    /// fills the one file whose content the author chooses: the profile or
+    /// the CRL).
     pub fn author(
         &mut self,
         signer: &DeviceSigner,
@@ -491,7 +520,26 @@ impl Store {
         content: Option<Vec<u8>>,
         now_secs: i64,
     ) -> Result<CommitId, StoreError> {
-        let head = self.repo.refname_to_id(HEAD_REF)?;
+        let id = self.author_staged(signer, kind, content, now_secs)?;
+        self.commit_staged()?;
+        Ok(id)
+    }
+
+    /// Authors a commit of `kind` on the staged head (the head, plus commits
+    /// staged since the last [`Store::commit_staged`]) without making it
+    /// durable or moving the head: the next `commit_staged` does both for
+    /// every staged commit at once. A refused commit stages nothing.
+    pub fn author_staged(
+        &mut self,
+        signer: &DeviceSigner,
+        kind: BodyKind,
+        content: Option<Vec<u8>>,
+        now_secs: i64,
+    ) -> Result<CommitId, StoreError> {
+        let head = match self.staged_head {
+            Some(staged) => staged,
+            None => self.repo.refname_to_id(HEAD_REF)?,
+        };
         let parent = self.view_of(head)?;
         let generation = parent.generation + 1;
         let body = Body::Known {
@@ -535,14 +583,9 @@ impl Store {
             now_secs,
         )?;
         let id = written.id;
-        // Built from the bytes in hand: reading them back would cost file
-        // system round trips for nothing.
-        let candidate = Candidate {
-            id: commit_id(id),
-            signature: Some(written.signature.into_bytes()),
-            payload: written.payload,
-            changes,
-        };
+        // Built from the bytes in hand: reading them back would cost a
+        // round trip, and staged objects must not be read by `extract_signature`.
+        let candidate = staged_candidate(written, changes);
         let accepted = validate_authored(
             &candidate,
             signer.device_id(),
@@ -555,11 +598,83 @@ impl Store {
         )
         .map_err(|r| StoreError::Own(Box::new(r)))?;
         self.remember_tree(id, tree, &accepted);
-        // Compare-and-swap: the head must still be the parent we validated
-        // against, or the commit would silently drop whatever moved it.
-        self.repo
-            .reference_matching(HEAD_REF, id, true, head, "author")?;
+        self.staged_head = Some(id);
         Ok(commit_id(id))
+    }
+
+    /// Whether commits are staged (authored, not yet durable).
+    pub fn has_staged(&self) -> bool {
+        self.staged_head.is_some()
+    }
+
+    /// Makes every staged commit durable: one pack (fsync'd) for all their
+    /// objects, then one head move (fsync'd) to the newest. Returns the new
+    /// head, or `None` when nothing was staged. On error nothing moved; the
+    /// caller drops the store (the staged commits are lost, never half-written).
+    pub fn commit_staged(&mut self) -> Result<Option<CommitId>, StoreError> {
+        let Some(staged) = self.staged_head else {
+            return Ok(None);
+        };
+        let pack = self.staging.persist(&self.repo)?;
+        let disk_head = self.repo.refname_to_id(HEAD_REF)?;
+        // Compare-and-swap: the head must still be what the staged chain was
+        // built on, or moving it would silently drop whatever moved it.
+        if disk_head != staged && !self.repo.graph_descendant_of(staged, disk_head)? {
+            return Err(StoreError::NotAConversation(format!(
+                "head moved to {disk_head} under staged commits"
+            )));
+        }
+        self.repo
+            .reference_matching(HEAD_REF, staged, true, disk_head, "author")?;
+        self.staged_head = None;
+        self.batch_pack = pack.filter(|p| p.len() <= INLINE_PACK_BYTES_MAX);
+        self.consolidate_packs();
+        Ok(Some(commit_id(staged)))
+    }
+
+    /// The pack of the batch [`Store::commit_staged`] last made durable (its
+    /// new objects only), when it fits in a `heads_pack` frame.
+    pub fn take_batch_pack(&mut self) -> Option<Vec<u8>> {
+        self.batch_pack.take()
+    }
+
+    /// Receives `head` from `peer` with the objects of `pack` (a
+    /// `heads_pack` announcement): indexes the pack, then validates and
+    /// merges exactly as [`Store::receive`] does for fetched objects. Fails
+    /// (and moves nothing) when the pack lacks something validation needs,
+    /// e.g. a parent the receiver never got: the caller then fetches.
+    pub fn receive_pack(
+        &mut self,
+        peer: &str,
+        head: CommitId,
+        pack: &[u8],
+        signer: &DeviceSigner,
+        now_secs: i64,
+    ) -> Result<FetchReport, StoreError> {
+        check_peer_name(peer)?;
+        if pack.len() > INLINE_PACK_BYTES_MAX {
+            return Err(StoreError::TreeBound {
+                tree: head.to_hex(),
+                what: format!("inline pack of {} bytes", pack.len()),
+            });
+        }
+        durable::write_pack(&self.repo, pack)?;
+        self.receive(peer, oid(&head), signer, now_secs)
+    }
+
+    /// Makes objects written through [`Store::repository`] durable (for tests
+    /// and benches that craft commits by hand before moving a ref).
+    pub fn persist_objects(&mut self) -> Result<(), StoreError> {
+        self.staging.persist(&self.repo)?;
+        Ok(())
+    }
+
+    /// Keeps the pack count bounded; a failure costs only speed, so it is
+    /// logged, not returned.
+    fn consolidate_packs(&self) {
+        if let Err(e) = durable::consolidate_packs(&self.repo) {
+            tracing::warn!(repo = %self.repo.path().display(), error = %e, "pack consolidation failed");
+        }
     }
 
     /// Sends a text message.
@@ -609,7 +724,22 @@ impl Store {
         now_secs: i64,
     ) -> Result<FetchReport, StoreError> {
         check_peer_name(peer)?;
+        debug_assert!(
+            self.staged_head.is_none(),
+            "staged commits are made durable before a receive"
+        );
         if let Ok(old) = self.repo.refname_to_id(&peer_ref(peer)) {
+            if old != theirs && self.repo.graph_descendant_of(old, theirs)? {
+                // A stale announcement: a fetch that started before an
+                // inline pack brought a newer head from the same peer.
+                // Nothing to do, and no rewrite.
+                return Ok(FetchReport {
+                    accepted: 0,
+                    rejected: Vec::new(),
+                    head: self.head()?,
+                    merged: false,
+                });
+            }
             if !self.contains(theirs, old)? {
                 *self.rejections.entry("history_rewrite").or_default() += 1;
                 return Err(StoreError::HistoryRewrite {
@@ -647,6 +777,7 @@ impl Store {
         for tip in tips {
             merged |= self.integrate(oid(&tip), signer, now_secs)?;
         }
+        self.consolidate_packs();
         Ok(FetchReport {
             accepted: verdict.accepted.len(),
             rejected: verdict.rejected,
@@ -676,6 +807,8 @@ impl Store {
             }
             HeadPlan::Merge(a, b) => {
                 let id = self.merge(oid(&a), oid(&b), signer, now_secs)?;
+                // The merge commit (and tree) must be on disk before the head names it.
+                self.staging.persist(&self.repo)?;
                 self.repo
                     .reference_matching(HEAD_REF, id, true, ours, "merge")?;
                 Ok(true)
@@ -784,20 +917,20 @@ impl Store {
             self.merge_base_files_of(a, b)?
         };
         let first_tree = self.repo.find_commit(a)?.tree_id();
-        let tree = if first.state.files() == second.state.files() {
-            first_tree
+        let (tree, changes) = if first.state.files() == second.state.files() {
+            (first_tree, Changes::new())
         } else {
             let empty = Files::new();
             let base_files = base.as_deref().unwrap_or(&empty);
             let merged = merge_files(base_files, first.state.files(), second.state.files());
-            tree_with_changes(
-                &self.repo,
-                first_tree,
-                &diff_files(first.state.files(), &merged),
-            )?
+            let changes = diff_files(first.state.files(), &merged);
+            (
+                tree_with_changes(&self.repo, first_tree, &changes)?,
+                changes,
+            )
         };
         let generation = first.generation.max(second.generation) + 1;
-        let id = write_commit(
+        let written = write_commit_parts(
             &self.repo,
             signer,
             tree,
@@ -805,7 +938,8 @@ impl Store {
             &encode_body(generation, &BodyKind::Merge),
             now_secs,
         )?;
-        let candidate = self.candidate(id)?;
+        let id = written.id;
+        let candidate = staged_candidate(written, changes);
         let accepted = validate_commit(
             &candidate,
             &[first, second],
@@ -1091,6 +1225,19 @@ pub fn tree_with_changes(
     }
     let base = repo.find_tree(base)?;
     Ok(update.create_updated(repo, &base)?)
+}
+
+/// The candidate of a commit this store just wrote, from the bytes in hand.
+/// Never `Store::candidate` on a staged commit: libgit2's in-memory backend
+/// hands out object data without the NUL terminator `extract_signature`
+/// scans for.
+fn staged_candidate(written: WrittenCommit, changes: Changes) -> Candidate {
+    Candidate {
+        id: commit_id(written.id),
+        signature: Some(written.signature.into_bytes()),
+        payload: written.payload,
+        changes,
+    }
 }
 
 /// A commit as written: its id, the signed payload and the armored signature.

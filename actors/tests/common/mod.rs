@@ -71,7 +71,9 @@ pub fn craft_at(
     changes: &Changes,
     time: i64,
 ) -> Oid {
-    let repo = store.repository();
+    // A handle of its own: the store's stages writes in memory until it
+    // persists them, and a crafted commit must be on disk like a fetched one.
+    let repo = &git2::Repository::open_bare(store.repository().path()).unwrap();
     let base = match parents.first() {
         Some(p) => repo.find_commit(*p).unwrap().tree_id(),
         None => repo.treebuilder(None).unwrap().write().unwrap(),

@@ -15,6 +15,15 @@
 //!   invited accounts fetch. The title is a hint for display only; the
 //!   repository is the truth.
 //!
+//! - `{"type":"heads_pack","heads":[…],"pack_bytes":N}` followed, on the
+//!   same stream after the frame, by exactly `N` bytes (at most
+//!   [`INLINE_PACK_BYTES_MAX`]): a self-contained Git pack (version 2, no
+//!   deltas against objects outside it) holding the commits, trees and blobs
+//!   the sender just made durable, so a receiver that holds their parents
+//!   needs no fetch. The receiver quarantines and validates them exactly as
+//!   fetched objects; when it lacks a parent (or anything fails) it falls
+//!   back to fetching the announced heads over `git/<id>`.
+//!
 //! Unknown types decode to an error, which the receiver counts and ignores.
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +38,9 @@ pub const ANNOUNCED_HEADS_MAX: usize = 16;
 pub const INVITE_TITLE_BYTES_MAX: usize = 256;
 /// Bytes of the length prefix.
 pub const FRAME_LENGTH_BYTES: usize = 4;
+/// Largest pack a `heads_pack` frame may carry after it, in bytes. Bigger
+/// batches are announced with plain `heads` and fetched.
+pub const INLINE_PACK_BYTES_MAX: usize = 64 * 1024;
 
 /// One frame on a `swarm/<id>` channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +51,15 @@ pub enum SwarmFrame {
         /// Head commit ids.
         #[serde(with = "hex_ids")]
         heads: Vec<CommitId>,
+    },
+    /// The sender's accepted heads, with the pack of its newest commits
+    /// following the frame on the stream.
+    HeadsPack {
+        /// Head commit ids.
+        #[serde(with = "hex_ids")]
+        heads: Vec<CommitId>,
+        /// Length of the pack that follows the frame, in bytes.
+        pack_bytes: usize,
     },
     /// The receiver's account is invited.
     Invite {
@@ -57,6 +78,8 @@ pub enum FrameError {
     TooManyHeads { found: usize },
     #[error("invitation title of {found} bytes exceeds {INVITE_TITLE_BYTES_MAX}")]
     TitleTooLong { found: usize },
+    #[error("inline pack of {found} bytes exceeds {INLINE_PACK_BYTES_MAX}")]
+    PackTooLarge { found: usize },
     #[error("frame is not valid JSON of a known type: {0}")]
     Malformed(String),
 }
@@ -64,8 +87,13 @@ pub enum FrameError {
 impl SwarmFrame {
     fn check(&self) -> Result<(), FrameError> {
         match self {
-            SwarmFrame::Heads { heads } if heads.len() > ANNOUNCED_HEADS_MAX => {
+            SwarmFrame::Heads { heads } | SwarmFrame::HeadsPack { heads, .. }
+                if heads.len() > ANNOUNCED_HEADS_MAX =>
+            {
                 Err(FrameError::TooManyHeads { found: heads.len() })
+            }
+            SwarmFrame::HeadsPack { pack_bytes, .. } if *pack_bytes > INLINE_PACK_BYTES_MAX => {
+                Err(FrameError::PackTooLarge { found: *pack_bytes })
             }
             SwarmFrame::Invite { title } if title.len() > INVITE_TITLE_BYTES_MAX => {
                 Err(FrameError::TitleTooLong { found: title.len() })
@@ -153,6 +181,11 @@ mod tests {
             title: "team".into(),
         };
         assert_eq!(roundtrip(&invite), invite);
+        let with_pack = SwarmFrame::HeadsPack {
+            heads: vec![id(3)],
+            pack_bytes: INLINE_PACK_BYTES_MAX,
+        };
+        assert_eq!(roundtrip(&with_pack), with_pack);
         let text = String::from_utf8(heads.encode().unwrap()[4..].to_vec()).unwrap();
         assert_eq!(
             text,
@@ -196,6 +229,11 @@ mod tests {
         assert!(matches!(
             SwarmFrame::payload_len(((SWARM_FRAME_BYTES_MAX + 1) as u32).to_be_bytes()),
             Err(FrameError::TooLarge { .. })
+        ));
+        let oversize = br#"{"type":"heads_pack","heads":[],"pack_bytes":65537}"#;
+        assert!(matches!(
+            SwarmFrame::decode_payload(oversize),
+            Err(FrameError::PackTooLarge { found: 65537 })
         ));
         let long = SwarmFrame::Invite {
             title: "x".repeat(INVITE_TITLE_BYTES_MAX + 1),
