@@ -4,9 +4,13 @@
 //! Nobody else holds the keys or the CRL; other actors and the API ask it by
 //! message. [`swarms`] holds the registry of `Conversation` actors, the
 //! access check on `swarm/<id>` and `git/<id>` channels, head announcements,
-//! anti-entropy and fetch scheduling; [`channel_io`] moves the bytes.
+//! anti-entropy and fetch scheduling; [`channel_io`] moves the bytes;
+//! [`events`] is the account's event stream; [`swarm_ops`] holds the
+//! requests that edit, react, ban and page (built on `swarms`).
 
 pub mod channel_io;
+pub mod events;
+pub mod swarm_ops;
 pub mod swarms;
 
 use actix::prelude::*;

@@ -41,10 +41,12 @@ use starling_protocol::swarm::limits::TEXT_BYTES_MAX;
 use starling_protocol::{AccountId, AccountIdentity, DeviceId, VerifiedDevice};
 
 use super::channel_io::{fetch_git, receive_frame, send_frame, serve_git};
+use super::events::{ConnectionState, Event, EventBus, SyncState};
 use super::Account;
 use crate::conversation::actor::{
     AllowedSigners, Author, GetView, Holds, ListMessages, ReceiveQuarantined, Received,
 };
+use crate::conversation::history::DescribeHeadMove;
 use crate::conversation::{
     Conversation, ConversationError, DeviceSigner, MessageItem, Role, Store, StoreError,
     SwarmMetrics, SwarmView,
@@ -103,6 +105,10 @@ pub enum SwarmError {
     Network(String),
     #[error("device signer: {0}")]
     Signer(#[from] crate::conversation::SignerError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<ConversationError> for SwarmError {
@@ -117,7 +123,7 @@ impl From<ConversationError> for SwarmError {
     }
 }
 
-fn mailbox(e: MailboxError) -> SwarmError {
+pub(super) fn mailbox(e: MailboxError) -> SwarmError {
     tracing::warn!(error = %e, "conversation mailbox");
     SwarmError::Conversation(ConversationError::Gone)
 }
@@ -147,6 +153,8 @@ pub struct Swarms {
     joining: BTreeSet<CommitId>,
     invitations: BTreeMap<CommitId, Invitation>,
     connected: BTreeMap<DeviceId, VerifiedDevice>,
+    /// The account's event stream (`/v1/events`).
+    pub(super) events: EventBus,
 }
 
 impl Swarms {
@@ -161,6 +169,7 @@ impl Swarms {
         Ok(Self {
             transport: config.transport,
             dir: config.dir,
+            events: EventBus::new(config.metrics.events.clone()),
             metrics: config.metrics,
             signer,
             local_device: identity.device_id(),
@@ -169,6 +178,11 @@ impl Swarms {
             invitations: BTreeMap::new(),
             connected: BTreeMap::new(),
         })
+    }
+
+    /// The conversation actor of `id`, if the account holds that swarm.
+    pub(super) fn registry_addr(&self, id: &CommitId) -> Option<Addr<Conversation>> {
+        self.registry.get(id).map(|e| e.addr.clone())
     }
 
     fn path_of(&self, id: &CommitId) -> PathBuf {
@@ -257,7 +271,7 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-fn swarms(account: &mut Account) -> Result<&mut Swarms, SwarmError> {
+pub(super) fn swarms(account: &mut Account) -> Result<&mut Swarms, SwarmError> {
     account.swarms.as_mut().ok_or(SwarmError::NoSync)
 }
 
@@ -473,8 +487,17 @@ fn fetch_done(
         return;
     };
     let now = Instant::now();
+    let before = entry.view.head;
+    let mut sync_event = None;
     let (starts, moved) = match result {
         Ok(received) => {
+            sync_event = Some(Event::Sync {
+                conversation,
+                head: received.view.head,
+                peer,
+                state: SyncState::Fetched,
+                accepted: received.report.accepted,
+            });
             sw.metrics.fetched("ok");
             tracing::info!(%peer, %conversation, accepted = received.report.accepted, head = %received.view.head, "fetched");
             if !received.report.rejected.is_empty() {
@@ -489,6 +512,13 @@ fn fetch_done(
             (starts, moved)
         }
         Err(e) => {
+            sw.events.publish(Event::Sync {
+                conversation,
+                head: entry.view.head,
+                peer,
+                state: SyncState::Failed,
+                accepted: 0,
+            });
             sw.metrics.fetched("failed");
             tracing::info!(%peer, %conversation, error = %e, "fetch failed");
             (
@@ -499,8 +529,63 @@ fn fetch_done(
     };
     if moved {
         sw.announce(&conversation);
+        let after = sw.registry[&conversation].view.head;
+        head_moved(account, ctx, conversation, before, after, sync_event);
+    } else if let Some(event) = sync_event {
+        sw.events.publish(event);
     }
     start_fetches(account, ctx, conversation, starts);
+}
+
+/// Publishes what a head move of `conversation` from `since` to `until`
+/// brought (one event per new message, member or profile commit, oldest
+/// first), then `then`. Reads history only when someone subscribes.
+pub(super) fn head_moved(
+    account: &mut Account,
+    ctx: &mut Context<Account>,
+    conversation: CommitId,
+    since: CommitId,
+    until: CommitId,
+    then: Option<Event>,
+) {
+    let Some(sw) = account.swarms.as_ref() else {
+        return;
+    };
+    if !sw.events.has_subscribers() || since == until {
+        if let Some(event) = then {
+            sw.events.publish(event);
+        }
+        return;
+    }
+    let Some(entry) = sw.registry.get(&conversation) else {
+        return;
+    };
+    let described = entry.addr.send(DescribeHeadMove { since, until });
+    ctx.spawn(described.into_actor(account).map(move |result, act, _| {
+        let Some(sw) = act.swarms.as_ref() else {
+            return;
+        };
+        match result {
+            Ok(Ok(moved)) => {
+                for commit in &moved.commits {
+                    if let Some(event) = Event::of_commit(conversation, commit) {
+                        sw.events.publish(event);
+                    }
+                }
+                if moved.omitted > 0 {
+                    sw.events.publish(Event::Omitted {
+                        conversation,
+                        omitted: moved.omitted,
+                    });
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(%conversation, error = %e, "head move not described"),
+            Err(e) => tracing::warn!(%conversation, error = %e, "conversation mailbox"),
+        }
+        if let Some(event) = then {
+            sw.events.publish(event);
+        }
+    }));
 }
 
 /// Member devices announce heads; so do devices of invited accounts, whose
@@ -684,6 +769,14 @@ impl Handler<ConnectionEvent> for Account {
             return;
         };
         let device = msg.peer.device_id;
+        sw.events.publish(Event::Connection {
+            device_id: device,
+            account_id: msg.peer.account_id,
+            state: match msg.state {
+                PeerState::Up { .. } => ConnectionState::Up,
+                PeerState::Down { .. } => ConnectionState::Down,
+            },
+        });
         match msg.state {
             PeerState::Up { .. } => {
                 sw.connected.insert(device, msg.peer);
@@ -876,10 +969,29 @@ impl Handler<CreateSwarm> for Account {
 }
 
 /// Authors `kind` in `conversation`, updates the view and announces the head.
-fn author_in(
+pub(super) fn author_in(
     account: &mut Account,
     conversation: CommitId,
     kind: BodyKind,
+) -> ResponseActFuture<Account, Result<(CommitId, SwarmView), SwarmError>> {
+    author_commit(account, conversation, kind, None)
+}
+
+/// [`author_in`] for kinds whose one chosen file (profile, CRL) is `content`.
+pub(super) fn author_with_content(
+    account: &mut Account,
+    conversation: CommitId,
+    kind: BodyKind,
+    content: Vec<u8>,
+) -> ResponseActFuture<Account, Result<(CommitId, SwarmView), SwarmError>> {
+    author_commit(account, conversation, kind, Some(content))
+}
+
+fn author_commit(
+    account: &mut Account,
+    conversation: CommitId,
+    kind: BodyKind,
+    content: Option<Vec<u8>>,
 ) -> ResponseActFuture<Account, Result<(CommitId, SwarmView), SwarmError>> {
     let addr = swarms(account).and_then(|sw| {
         sw.registry
@@ -889,21 +1001,23 @@ fn author_in(
     });
     let work = async move {
         addr?
-            .send(Author {
-                kind,
-                content: None,
-            })
+            .send(Author { kind, content })
             .await
             .map_err(mailbox)?
             .map_err(SwarmError::from)
     };
-    Box::pin(work.into_actor(account).map(move |result, act, _| {
+    Box::pin(work.into_actor(account).map(move |result, act, ctx| {
         let (id, view) = result?;
         let sw = swarms(act)?;
+        let mut before = None;
         if let Some(entry) = sw.registry.get_mut(&conversation) {
+            before = Some(entry.view.head);
             entry.view = view.clone();
         }
         sw.announce(&conversation);
+        if let Some(before) = before {
+            head_moved(act, ctx, conversation, before, view.head, None);
+        }
         Ok((id, view))
     }))
 }

@@ -27,6 +27,8 @@ pub struct SwarmMetrics {
     refused: IntCounterVec,
     /// Invitations received over the network.
     pub invitations_received: IntCounter,
+    /// The account's event stream (`/v1/events`).
+    pub events: crate::account::events::EventMetrics,
 }
 
 impl SwarmMetrics {
@@ -89,7 +91,9 @@ impl SwarmMetrics {
         registry.register(Box::new(peers_connected.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(invitations_received.clone()))?;
+        let events = crate::account::events::EventMetrics::register(registry)?;
         Ok(Self {
+            events,
             messages_sent,
             commits_accepted,
             rejected,

@@ -4,9 +4,11 @@
 //! repositories into the plain values `starling_protocol::swarm` judges and
 //! applies its verdicts; [`sign::DeviceSigner`] holds what a device needs to
 //! sign commits; [`actor::Conversation`] owns one store on its own thread;
+//! [`history`] reads pages and head moves for people and the event stream;
 //! [`metrics`] are the swarm layer's per-node metrics.
 
 pub mod actor;
+pub mod history;
 pub mod metrics;
 pub mod sign;
 pub mod store;
