@@ -1262,7 +1262,7 @@ impl Handler<Join> for Account {
                     });
                     async move {
                         let (path, addr, me) = started?;
-                        let (_, view) = addr
+                        let (id, view) = addr
                             .send(Author {
                                 kind: BodyKind::Member {
                                     action: MemberAction::Join,
@@ -1272,16 +1272,26 @@ impl Handler<Join> for Account {
                             })
                             .await
                             .map_err(mailbox)??;
-                        Ok::<_, SwarmError>((path, addr, view))
+                        Ok::<_, SwarmError>((path, addr, view, id, me))
                     }
                     .into_actor(act)
                 })
                 .map(move |result, act, _| {
                     let sw = swarms(act)?;
                     match result {
-                        Ok((path, addr, view)) => {
+                        Ok((path, addr, view, id, me)) => {
                             sw.insert(addr, view, path);
                             sw.announce(&conversation);
+                            // The cloned history is not replayed as events;
+                            // our own join is the first one of this swarm.
+                            sw.events.publish(Event::Member {
+                                conversation,
+                                id,
+                                account_id: me,
+                                action: "join",
+                                by: Some(me),
+                                timestamp: now_secs(),
+                            });
                             Ok(())
                         }
                         Err(e) => {
