@@ -6,7 +6,8 @@
 //! object with a snake_case `type` (`message`, `member`, `profile`, `sync`,
 //! `connection`, `lagged`, `omitted`; see `docs/PROTOCOL.md` §6.1). The
 //! server only sends; it answers pings and ends the stream on a close
-//! frame, and closes with "going away" when the account stops.
+//! frame, and closes with "going away" when the account stops or the
+//! daemon is told to stop (SIGTERM/SIGINT).
 //!
 //! Bounds: the account's bus holds at most `EVENT_QUEUE_CAPACITY` events for
 //! the slowest subscriber and actix-ws queues at most 32 frames per
@@ -42,8 +43,13 @@ async fn events(
     let (response, mut session, mut incoming) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     actix_web::rt::spawn(async move {
+        // The server's graceful stop waits for open connections; a stream
+        // never ends by itself, so it ends on the same signals the server
+        // stops on, and the daemon stops without waiting out its grace.
+        let mut stopping = StopSignals::new();
         let reason = loop {
             tokio::select! {
+                () = stopping.recv() => break Some(CloseReason::from(CloseCode::Away)),
                 event = subscription.next() => match event {
                     Some(event) => {
                         let text = match serde_json::to_string(&*event) {
@@ -77,6 +83,38 @@ async fn events(
         let _ = session.close(reason).await;
     });
     Ok(response)
+}
+
+/// SIGTERM and SIGINT, as one future per wait; never fires where they
+/// cannot be listened to.
+struct StopSignals {
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            terminate: signal(SignalKind::terminate()).ok(),
+            interrupt: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    async fn recv(&mut self) {
+        async fn on(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = on(&mut self.terminate) => {}
+            () = on(&mut self.interrupt) => {}
+        }
+    }
 }
 
 /// Adds `/events` to the `/v1` scope.
