@@ -691,3 +691,47 @@ fn promtool_accepts_the_daemons_metrics() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn openapi_describes_the_event_stream_and_the_swarm_operations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut alice = Node::create(tmp.path(), "alice");
+    alice.start(&[]);
+    let document: Value = ureq::get(&format!("{}/v1/openapi.json", alice.api))
+        .set("Authorization", &format!("Bearer {}", alice.token))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    for path in [
+        "/v1/events",
+        "/v1/swarms/{id}/messages/{message}/edit",
+        "/v1/swarms/{id}/messages/{message}/delete",
+        "/v1/swarms/{id}/messages/{message}/reactions",
+        "/v1/swarms/{id}/ban",
+        "/v1/swarms/{id}/unban",
+        "/v1/swarms/{id}/profile",
+    ] {
+        assert!(document["paths"][path].is_object(), "openapi lacks {path}");
+    }
+    let variants: Vec<&str> = document["components"]["schemas"]["Event"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["properties"]["type"]["const"].as_str().unwrap())
+        .collect();
+    for kind in ["message", "member", "profile", "sync", "connection", "lagged", "omitted"] {
+        assert!(variants.contains(&kind), "the Event schema lacks {kind}");
+    }
+    let parameters = document["paths"]["/v1/swarms/{id}/messages"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    assert!(parameters.iter().any(|p| p["name"] == "before"));
+    // A plain GET (no upgrade) is a 400, not a hang; without a token, 401.
+    let plain = ureq::get(&format!("{}/v1/events", alice.api))
+        .set("Authorization", &format!("Bearer {}", alice.token))
+        .call();
+    assert!(matches!(plain, Err(ureq::Error::Status(400, _))), "{plain:?}");
+    let anonymous = ureq::get(&format!("{}/v1/events", alice.api)).call();
+    assert!(matches!(anonymous, Err(ureq::Error::Status(401, _))), "{anonymous:?}");
+}
