@@ -720,7 +720,15 @@ fn openapi_describes_the_event_stream_and_the_swarm_operations() {
         .iter()
         .map(|v| v["properties"]["type"]["const"].as_str().unwrap())
         .collect();
-    for kind in ["message", "member", "profile", "sync", "connection", "lagged", "omitted"] {
+    for kind in [
+        "message",
+        "member",
+        "profile",
+        "sync",
+        "connection",
+        "lagged",
+        "omitted",
+    ] {
         assert!(variants.contains(&kind), "the Event schema lacks {kind}");
     }
     let parameters = document["paths"]["/v1/swarms/{id}/messages"]["get"]["parameters"]
@@ -731,7 +739,13 @@ fn openapi_describes_the_event_stream_and_the_swarm_operations() {
     let plain = ureq::get(&format!("{}/v1/events", alice.api))
         .set("Authorization", &format!("Bearer {}", alice.token))
         .call();
-    assert!(matches!(plain, Err(ureq::Error::Status(400, _))), "{plain:?}");
+    assert!(
+        matches!(plain, Err(ureq::Error::Status(400, _))),
+        "{plain:?}"
+    );
     let anonymous = ureq::get(&format!("{}/v1/events", alice.api)).call();
-    assert!(matches!(anonymous, Err(ureq::Error::Status(401, _))), "{anonymous:?}");
+    assert!(
+        matches!(anonymous, Err(ureq::Error::Status(401, _))),
+        "{anonymous:?}"
+    );
 }
