@@ -19,6 +19,8 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 # Network namespaces, veth pairs and bridges for tests/discovery.rs.
 command -v ip >/dev/null || missing+=(iproute2)
+# promtool checks the daemon's /metrics in tests/events.rs.
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq

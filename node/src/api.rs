@@ -13,9 +13,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 use serde_json::json;
+use starling_actors::account::swarm_ops::MessagesPage;
 use starling_actors::account::swarms::{
     AddPeer, CreateSwarm, ExportAllowedSigners, Invite, Join, ListInvitations, ListSwarms, Members,
-    Messages, RemoveMember, SendText,
+    RemoveMember, SendText,
 };
 use starling_actors::account::{Account, AccountStatus, GetStatus, SwarmError};
 use starling_protocol::swarm::body::Mode;
@@ -63,6 +64,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -75,6 +78,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::PayloadTooLarge | ApiError::TooLarge(_) => "payload_too_large",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -88,6 +92,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge | ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -133,7 +138,10 @@ impl From<SwarmError> for ApiError {
                 ApiError::NotFound(e.to_string())
             }
             SwarmError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
-            SwarmError::Refused(_) => ApiError::BadRequest(e.to_string()),
+            SwarmError::Refused(_) | SwarmError::BadRequest(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            SwarmError::Busy(_) => ApiError::Unavailable(e.to_string()),
             SwarmError::InviterOffline(_)
             | SwarmError::AlreadyMember(_)
             | SwarmError::TooManyConversations => ApiError::Conflict(e.to_string()),
@@ -161,12 +169,12 @@ impl ApiState {
     }
 }
 
-fn account_id(text: &str) -> Result<AccountId, ApiError> {
+pub(crate) fn account_id(text: &str) -> Result<AccountId, ApiError> {
     text.parse()
         .map_err(|e| ApiError::BadRequest(format!("account id: {e}")))
 }
 
-fn conversation_id(text: &str) -> Result<CommitId, ApiError> {
+pub(crate) fn conversation_id(text: &str) -> Result<CommitId, ApiError> {
     text.parse()
         .map_err(|e| ApiError::BadRequest(format!("conversation id: {e}")))
 }
@@ -342,6 +350,8 @@ async fn send_message(
 #[serde(deny_unknown_fields)]
 struct MessagesQuery {
     limit: Option<usize>,
+    /// A message id: only messages older than it (the next page).
+    before: Option<String>,
 }
 
 /// Messages listed when the request names no limit.
@@ -358,10 +368,18 @@ async fn messages(
         .limit
         .unwrap_or(MESSAGES_DEFAULT_LIMIT)
         .min(PAGE_MESSAGES_MAX);
+    let before = match &query.before {
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e| ApiError::BadRequest(format!("before: {e}")))?,
+        ),
+        None => None,
+    };
     let list = state
-        .ask(Messages {
+        .ask(MessagesPage {
             conversation,
             limit,
+            before,
         })
         .await?;
     Ok(HttpResponse::Ok().json(list))
@@ -433,8 +451,23 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-/// The OpenAPI 3.1 description of the routes above.
+/// The OpenAPI 3.1 description of every route (this file's and the
+/// modules' that add routes).
 pub fn openapi_document() -> serde_json::Value {
+    let mut document = base_openapi_document();
+    for (path, item) in crate::swarm_ops_api::openapi_paths()
+        .into_iter()
+        .chain(crate::events_api::openapi_paths())
+    {
+        document["paths"][path] = item;
+    }
+    for (name, schema) in crate::events_api::openapi_schemas() {
+        document["components"]["schemas"][name] = schema;
+    }
+    document
+}
+
+fn base_openapi_document() -> serde_json::Value {
     let body = |schema: serde_json::Value| json!({ "required": true, "content": { "application/json": { "schema": schema } } });
     let ok = |what: &str| json!({ "description": what });
     let error = json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
@@ -468,7 +501,11 @@ pub fn openapi_document() -> serde_json::Value {
                         "author": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
                         "body": { "type": "string" },
                         "timestamp": { "type": "integer", "description": "seconds since the Unix epoch" },
-                        "reply_to": { "type": "string", "pattern": "^[0-9a-f]{40}$" }
+                        "reply_to": { "type": "string", "pattern": "^[0-9a-f]{40}$" },
+                        "edited": { "type": "boolean", "description": "its author replaced the text (body is the newest edit)" },
+                        "deleted": { "type": "boolean", "description": "its author deleted it (body is empty)" },
+                        "reactions": { "type": "array", "items": { "type": "object", "required": ["reaction", "count", "accounts"], "properties": {
+                            "reaction": { "type": "string" }, "count": { "type": "integer" }, "accounts": { "type": "array", "items": { "type": "string" } } } } }
                     }
                 },
                 "Member": {
@@ -509,7 +546,9 @@ pub fn openapi_document() -> serde_json::Value {
                 "post": { "summary": "Send a text message (durable when answered)",
                     "requestBody": body(json!({ "type": "object", "required": ["text"], "properties": { "text": { "type": "string", "maxLength": 32768 }, "reply_to": { "type": "string" } } })),
                     "responses": { "201": ok("{id}"), "400": error, "401": error, "404": error, "413": error } },
-                "get": { "summary": "Newest text messages first", "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }],
+                "get": { "summary": "Newest text messages first, with edits, deletions and reactions applied",
+                    "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } },
+                        { "name": "before", "in": "query", "description": "a message id: the page of messages older than it", "schema": { "type": "string", "pattern": "^[0-9a-f]{40}$" } }],
                     "responses": { "200": { "description": "messages", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Message" } } } } }, "401": error, "404": error } } },
             "/v1/swarms/{id}/members": { "get": { "summary": "Members, admins and invitees",
                 "responses": { "200": { "description": "members", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Member" } } } } }, "401": error, "404": error } } },
@@ -587,7 +626,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
                     web::get().to(allowed_signers),
                 )
                 .route("/openapi.json", web::get().to(|_: Authorized| openapi()))
-                .configure(crate::contacts_api::routes),
+                .configure(crate::contacts_api::routes)
+                .configure(crate::swarm_ops_api::routes)
+                .configure(crate::events_api::routes),
         )
         .default_service(web::to(not_found));
 }

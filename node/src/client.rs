@@ -39,6 +39,16 @@ impl ApiClient {
         })
     }
 
+    /// The daemon's API base URL (`http://HOST:PORT`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The bearer token, for clients other than ureq (the WebSocket).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// `GET path`, returning the JSON body; API errors become their message.
     pub fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         self.call("GET", path, None)?

@@ -13,7 +13,10 @@ mod contacts_api;
 mod daemon;
 mod data_dir;
 mod discovery_commands;
+mod events_api;
+mod events_command;
 mod swarm_commands;
+mod swarm_ops_api;
 
 use std::path::PathBuf;
 
@@ -77,14 +80,45 @@ enum Command {
         #[arg(long, value_name = "ID")]
         reply_to: Option<String>,
     },
-    /// List a conversation's messages (text: oldest first; JSON: newest first).
+    /// Replace the text of one of your messages.
+    Edit {
+        /// The conversation id.
+        conversation: String,
+        /// The message id.
+        message: String,
+        /// The new text.
+        text: String,
+    },
+    /// Delete one of your messages.
+    Delete {
+        /// The conversation id.
+        conversation: String,
+        /// The message id.
+        message: String,
+    },
+    /// React to a message (an emoji).
+    React {
+        /// The conversation id.
+        conversation: String,
+        /// The message id.
+        message: String,
+        /// The reaction.
+        reaction: String,
+    },
+    /// List a conversation's messages with edits, deletions and reactions
+    /// applied (text: oldest first; JSON: newest first).
     Messages {
         /// The conversation id.
         conversation: String,
         /// How many of the newest.
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// Only messages older than this message id (the next page).
+        #[arg(long, value_name = "ID")]
+        before: Option<String>,
     },
+    /// Follow the daemon's event stream: one line per event (JSON lines with --json).
+    Events,
     /// Serve a repository to stock git over stdin/stdout with Starling's
     /// upload-pack, e.g. `git clone -u 'starling git-upload-pack' file:///path/to/swarm.git`.
     #[command(name = "git-upload-pack")]
@@ -211,6 +245,31 @@ enum SwarmCommand {
     Members {
         /// The conversation id.
         conversation: String,
+    },
+    /// Ban an account (admins): votes, and bans once a majority of the other admins voted.
+    Ban {
+        /// The conversation id.
+        conversation: String,
+        /// The account to ban.
+        account_id: String,
+    },
+    /// Lift a ban (admins): votes, and lifts it once a majority of the other admins voted.
+    Unban {
+        /// The conversation id.
+        conversation: String,
+        /// The account to unban.
+        account_id: String,
+    },
+    /// Show the conversation profile, or change its title/description (admins).
+    Profile {
+        /// The conversation id.
+        conversation: String,
+        /// The new title.
+        #[arg(long)]
+        title: Option<String>,
+        /// The new description.
+        #[arg(long)]
+        description: Option<String>,
     },
     /// Write the allowed-signers file for `git verify-commit`.
     AllowedSigners {
@@ -362,6 +421,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             SwarmCommand::Members { conversation } => {
                 swarm_commands::swarm_members(&ctx, &conversation)
             }
+            SwarmCommand::Ban {
+                conversation,
+                account_id,
+            } => swarm_commands::swarm_vote(&ctx, &conversation, &account_id, "ban"),
+            SwarmCommand::Unban {
+                conversation,
+                account_id,
+            } => swarm_commands::swarm_vote(&ctx, &conversation, &account_id, "unban"),
+            SwarmCommand::Profile {
+                conversation,
+                title,
+                description,
+            } => swarm_commands::swarm_profile(
+                &ctx,
+                &conversation,
+                title.as_deref(),
+                description.as_deref(),
+            ),
             SwarmCommand::AllowedSigners { conversation, out } => {
                 swarm_commands::swarm_allowed_signers(&ctx, &conversation, &out)
             }
@@ -371,10 +448,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             text,
             reply_to,
         } => swarm_commands::send(&ctx, &conversation, &text, reply_to.as_deref()),
+        Command::Edit {
+            conversation,
+            message,
+            text,
+        } => swarm_commands::edit(&ctx, &conversation, &message, &text),
+        Command::Delete {
+            conversation,
+            message,
+        } => swarm_commands::delete(&ctx, &conversation, &message),
+        Command::React {
+            conversation,
+            message,
+            reaction,
+        } => swarm_commands::react(&ctx, &conversation, &message, &reaction),
         Command::Messages {
             conversation,
             limit,
-        } => swarm_commands::messages(&ctx, &conversation, limit),
+            before,
+        } => swarm_commands::messages(&ctx, &conversation, limit, before.as_deref()),
+        Command::Events => events_command::events(&ctx),
         Command::GitUploadPack { repository } => commands::git_upload_pack(&repository),
         Command::DhtBootstrap { listen, nodes } => discovery_commands::dht_bootstrap(listen, nodes),
         Command::MdnsAdvertise {

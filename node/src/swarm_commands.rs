@@ -156,33 +156,159 @@ pub fn send(
     Ok(())
 }
 
-/// `starling messages CONV [--limit N]`: newest first in JSON; oldest first
-/// (like a chat window) in text.
-pub fn messages(ctx: &Context, conversation: &str, limit: Option<usize>) -> anyhow::Result<()> {
-    let path = match limit {
-        Some(n) => format!("/v1/swarms/{conversation}/messages?limit={n}"),
-        None => format!("/v1/swarms/{conversation}/messages"),
+/// `starling messages CONV [--limit N] [--before ID]`: newest first in
+/// JSON; oldest first (like a chat window) in text.
+pub fn messages(
+    ctx: &Context,
+    conversation: &str,
+    limit: Option<usize>,
+    before: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut query = Vec::new();
+    if let Some(n) = limit {
+        query.push(format!("limit={n}"));
+    }
+    if let Some(id) = before {
+        query.push(format!("before={id}"));
+    }
+    let path = if query.is_empty() {
+        format!("/v1/swarms/{conversation}/messages")
+    } else {
+        format!("/v1/swarms/{conversation}/messages?{}", query.join("&"))
     };
     let answer = client(ctx)?.get(&path)?;
     print(ctx, &answer, || {
         let mut out: Vec<String> = answer
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|m| {
-                        let author = m["author"].as_str().unwrap_or("?");
-                        format!(
-                            "[{}] {}: {}",
-                            m["timestamp"],
-                            &author[..author.len().min(12)],
-                            m["body"].as_str().unwrap_or("")
-                        )
-                    })
-                    .collect()
-            })
+            .map(|a| a.iter().map(message_line).collect())
             .unwrap_or_default();
         out.reverse();
         out.join("\n")
+    });
+    Ok(())
+}
+
+fn message_line(m: &Value) -> String {
+    let author = m["author"].as_str().unwrap_or("?");
+    let id = m["id"].as_str().unwrap_or("?");
+    let mut line = format!(
+        "[{}] {} {}: ",
+        m["timestamp"],
+        &id[..id.len().min(12)],
+        &author[..author.len().min(12)],
+    );
+    if let Some(reply_to) = m["reply_to"].as_str() {
+        line.push_str(&format!(
+            "(reply to {}) ",
+            &reply_to[..reply_to.len().min(12)]
+        ));
+    }
+    if m["deleted"].as_bool() == Some(true) {
+        line.push_str("(deleted)");
+    } else {
+        line.push_str(m["body"].as_str().unwrap_or(""));
+        if m["edited"].as_bool() == Some(true) {
+            line.push_str(" (edited)");
+        }
+    }
+    if let Some(reactions) = m["reactions"].as_array() {
+        let shown: Vec<String> = reactions
+            .iter()
+            .map(|r| format!("{} {}", r["reaction"].as_str().unwrap_or("?"), r["count"]))
+            .collect();
+        if !shown.is_empty() {
+            line.push_str(&format!("  [{}]", shown.join(", ")));
+        }
+    }
+    line
+}
+
+/// `starling edit CONV MSG TEXT`.
+pub fn edit(ctx: &Context, conversation: &str, message: &str, text: &str) -> anyhow::Result<()> {
+    let answer = client(ctx)?.post(
+        &format!("/v1/swarms/{conversation}/messages/{message}/edit"),
+        json!({ "text": text }),
+    )?;
+    print(ctx, &answer, || {
+        answer["id"].as_str().unwrap_or("?").to_owned()
+    });
+    Ok(())
+}
+
+/// `starling delete CONV MSG`.
+pub fn delete(ctx: &Context, conversation: &str, message: &str) -> anyhow::Result<()> {
+    let answer = client(ctx)?.post(
+        &format!("/v1/swarms/{conversation}/messages/{message}/delete"),
+        json!({}),
+    )?;
+    print(ctx, &answer, || {
+        answer["id"].as_str().unwrap_or("?").to_owned()
+    });
+    Ok(())
+}
+
+/// `starling react CONV MSG REACTION`.
+pub fn react(
+    ctx: &Context,
+    conversation: &str,
+    message: &str,
+    reaction: &str,
+) -> anyhow::Result<()> {
+    let answer = client(ctx)?.post(
+        &format!("/v1/swarms/{conversation}/messages/{message}/reactions"),
+        json!({ "reaction": reaction }),
+    )?;
+    print(ctx, &answer, || {
+        answer["id"].as_str().unwrap_or("?").to_owned()
+    });
+    Ok(())
+}
+
+/// `starling swarm ban|unban CONV ACCOUNT_ID` (`action` is `ban` or `unban`).
+pub fn swarm_vote(
+    ctx: &Context,
+    conversation: &str,
+    account: &str,
+    action: &str,
+) -> anyhow::Result<()> {
+    let answer = client(ctx)?.post(
+        &format!("/v1/swarms/{conversation}/{action}"),
+        json!({ "account_id": account }),
+    )?;
+    print(ctx, &answer, || {
+        if answer["done"].as_bool() == Some(true) {
+            format!("{action} of {account} done")
+        } else {
+            format!("voted to {action} {account}; waiting for more admins to vote")
+        }
+    });
+    Ok(())
+}
+
+/// `starling swarm profile CONV [--title T] [--description D]`: shows the
+/// profile, or changes it when given a field.
+pub fn swarm_profile(
+    ctx: &Context,
+    conversation: &str,
+    title: Option<&str>,
+    description: Option<&str>,
+) -> anyhow::Result<()> {
+    let client = client(ctx)?;
+    let path = format!("/v1/swarms/{conversation}/profile");
+    if title.is_none() && description.is_none() {
+        let answer = client.get(&path)?;
+        print(ctx, &answer, || {
+            format!(
+                "title: {}\ndescription: {}",
+                answer["title"].as_str().unwrap_or(""),
+                answer["description"].as_str().unwrap_or("")
+            )
+        });
+        return Ok(());
+    }
+    let answer = client.post(&path, json!({ "title": title, "description": description }))?;
+    print(ctx, &answer, || {
+        answer["id"].as_str().unwrap_or("?").to_owned()
     });
     Ok(())
 }

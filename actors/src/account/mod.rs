@@ -5,11 +5,16 @@
 //! message. [`swarms`] holds the registry of `Conversation` actors, the
 //! access check on `swarm/<id>` and `git/<id>` channels, head announcements,
 //! anti-entropy and fetch scheduling; [`contacts`] the contact book, contact
-//! requests and blocks; [`channel_io`] moves the bytes.
+//! requests and blocks; [`discovered`] what the account does with discovery
+//! hints; [`events`] is the account's event stream; [`swarm_ops`] holds the
+//! requests that edit, react, ban and page (built on `swarms`);
+//! [`channel_io`] moves the bytes.
 
 pub mod channel_io;
 pub mod contacts;
 pub mod discovered;
+pub mod events;
+pub mod swarm_ops;
 pub mod swarms;
 
 use actix::prelude::*;

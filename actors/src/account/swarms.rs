@@ -45,11 +45,13 @@ use starling_protocol::swarm::limits::TEXT_BYTES_MAX;
 use starling_protocol::{AccountId, AccountIdentity, DeviceId, VerifiedDevice};
 
 use super::channel_io::{fetch_git, receive_frame, send_frame_with, serve_git};
+use super::events::{ConnectionState, Event, EventBus, SyncState};
 use super::Account;
 use crate::conversation::actor::{
     AllowedSigners, Author, BatchDurable, GetView, Holds, ListMessages, ReceivePack,
     ReceiveQuarantined, Received,
 };
+use crate::conversation::history::DescribeHeadMove;
 use crate::conversation::{
     Conversation, ConversationError, DeviceSigner, MessageItem, Role, Store, StoreError,
     SwarmMetrics, SwarmView,
@@ -108,6 +110,10 @@ pub enum SwarmError {
     Network(String),
     #[error("device signer: {0}")]
     Signer(#[from] crate::conversation::SignerError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<ConversationError> for SwarmError {
@@ -122,7 +128,7 @@ impl From<ConversationError> for SwarmError {
     }
 }
 
-fn mailbox(e: MailboxError) -> SwarmError {
+pub(super) fn mailbox(e: MailboxError) -> SwarmError {
     tracing::warn!(error = %e, "conversation mailbox");
     SwarmError::Conversation(ConversationError::Gone)
 }
@@ -157,6 +163,8 @@ pub struct Swarms {
     connected: BTreeMap<DeviceId, VerifiedDevice>,
     /// The account, told of every durable batch (set when it starts).
     batch_listener: Option<Recipient<BatchDurable>>,
+    /// The account's event stream (`/v1/events`).
+    pub(super) events: EventBus,
 }
 
 impl Swarms {
@@ -171,6 +179,7 @@ impl Swarms {
         Ok(Self {
             transport: config.transport,
             dir: config.dir,
+            events: EventBus::new(config.metrics.events.clone()),
             metrics: config.metrics,
             signer,
             local_device: identity.device_id(),
@@ -180,6 +189,11 @@ impl Swarms {
             connected: BTreeMap::new(),
             batch_listener: None,
         })
+    }
+
+    /// The conversation actor of `id`, if the account holds that swarm.
+    pub(super) fn registry_addr(&self, id: &CommitId) -> Option<Addr<Conversation>> {
+        self.registry.get(id).map(|e| e.addr.clone())
     }
 
     fn path_of(&self, id: &CommitId) -> PathBuf {
@@ -306,7 +320,7 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-fn swarms(account: &mut Account) -> Result<&mut Swarms, SwarmError> {
+pub(super) fn swarms(account: &mut Account) -> Result<&mut Swarms, SwarmError> {
     account.swarms.as_mut().ok_or(SwarmError::NoSync)
 }
 
@@ -525,8 +539,17 @@ fn fetch_done(
         return;
     };
     let now = Instant::now();
+    let before = entry.view.head;
+    let mut sync_event = None;
     let (starts, moved) = match result {
         Ok(received) => {
+            sync_event = Some(Event::Sync {
+                conversation,
+                head: received.view.head,
+                peer,
+                state: SyncState::Fetched,
+                accepted: received.report.accepted,
+            });
             sw.metrics.fetched("ok");
             tracing::info!(%peer, %conversation, accepted = received.report.accepted, head = %received.view.head, "fetched");
             if !received.report.rejected.is_empty() {
@@ -541,6 +564,13 @@ fn fetch_done(
             (starts, moved)
         }
         Err(e) => {
+            sw.events.publish(Event::Sync {
+                conversation,
+                head: entry.view.head,
+                peer,
+                state: SyncState::Failed,
+                accepted: 0,
+            });
             sw.metrics.fetched("failed");
             tracing::info!(%peer, %conversation, error = %e, "fetch failed");
             (
@@ -551,8 +581,63 @@ fn fetch_done(
     };
     if moved {
         sw.announce(&conversation);
+        let after = sw.registry[&conversation].view.head;
+        head_moved(account, ctx, conversation, before, after, sync_event);
+    } else if let Some(event) = sync_event {
+        sw.events.publish(event);
     }
     start_fetches(account, ctx, conversation, starts);
+}
+
+/// Publishes what a head move of `conversation` from `since` to `until`
+/// brought (one event per new message, member or profile commit, oldest
+/// first), then `then`. Reads history only when someone subscribes.
+pub(super) fn head_moved(
+    account: &mut Account,
+    ctx: &mut Context<Account>,
+    conversation: CommitId,
+    since: CommitId,
+    until: CommitId,
+    then: Option<Event>,
+) {
+    let Some(sw) = account.swarms.as_ref() else {
+        return;
+    };
+    if !sw.events.has_subscribers() || since == until {
+        if let Some(event) = then {
+            sw.events.publish(event);
+        }
+        return;
+    }
+    let Some(entry) = sw.registry.get(&conversation) else {
+        return;
+    };
+    let described = entry.addr.send(DescribeHeadMove { since, until });
+    ctx.spawn(described.into_actor(account).map(move |result, act, _| {
+        let Some(sw) = act.swarms.as_ref() else {
+            return;
+        };
+        match result {
+            Ok(Ok(moved)) => {
+                for commit in &moved.commits {
+                    if let Some(event) = Event::of_commit(conversation, commit) {
+                        sw.events.publish(event);
+                    }
+                }
+                if moved.omitted > 0 {
+                    sw.events.publish(Event::Omitted {
+                        conversation,
+                        omitted: moved.omitted,
+                    });
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(%conversation, error = %e, "head move not described"),
+            Err(e) => tracing::warn!(%conversation, error = %e, "conversation mailbox"),
+        }
+        if let Some(event) = then {
+            sw.events.publish(event);
+        }
+    }));
 }
 
 /// Member devices announce heads; so do devices of invited accounts, whose
@@ -704,12 +789,23 @@ impl Handler<FrameReceived> for Account {
                             let Some(sw) = act.swarms.as_mut() else {
                                 return;
                             };
-                            if let Some(entry) = sw.registry.get_mut(&conversation) {
-                                let moved = entry.view.head != received.view.head;
-                                entry.view = received.view;
-                                if moved {
-                                    sw.announce(&conversation);
-                                }
+                            let Some(entry) = sw.registry.get_mut(&conversation) else {
+                                return;
+                            };
+                            let (before, after) = (entry.view.head, received.view.head);
+                            entry.view = received.view;
+                            let sync_event = Event::Sync {
+                                conversation,
+                                head: after,
+                                peer: peer.device_id,
+                                state: SyncState::Fetched,
+                                accepted: received.report.accepted,
+                            };
+                            if before != after {
+                                sw.announce(&conversation);
+                                head_moved(act, ctx, conversation, before, after, Some(sync_event));
+                            } else {
+                                sw.events.publish(sync_event);
                             }
                         }
                         other => {
@@ -792,7 +888,7 @@ impl Handler<BatchDurable> for Account {
     type Result = ();
 
     /// Announces a durable batch once, with its pack when it has one.
-    fn handle(&mut self, msg: BatchDurable, _: &mut Self::Context) {
+    fn handle(&mut self, msg: BatchDurable, ctx: &mut Self::Context) {
         let Some(sw) = self.swarms.as_mut() else {
             return;
         };
@@ -800,8 +896,10 @@ impl Handler<BatchDurable> for Account {
         let Some(entry) = sw.registry.get_mut(&conversation) else {
             return; // being created or joined: the caller announces
         };
+        let (before, after) = (entry.view.head, msg.view.head);
         entry.view = msg.view;
         sw.announce_with(&conversation, msg.pack, false);
+        head_moved(self, ctx, conversation, before, after, None);
     }
 }
 
@@ -814,6 +912,14 @@ impl Handler<ConnectionEvent> for Account {
             return;
         };
         let device = msg.peer.device_id;
+        sw.events.publish(Event::Connection {
+            device_id: device,
+            account_id: msg.peer.account_id,
+            state: match msg.state {
+                PeerState::Up { .. } => ConnectionState::Up,
+                PeerState::Down { .. } => ConnectionState::Down,
+            },
+        });
         match msg.state {
             PeerState::Up { .. } => {
                 sw.connected.insert(device, msg.peer);
@@ -1006,10 +1112,29 @@ impl Handler<CreateSwarm> for Account {
 }
 
 /// Authors `kind` in `conversation`, updates the view and announces the head.
-fn author_in(
+pub(super) fn author_in(
     account: &mut Account,
     conversation: CommitId,
     kind: BodyKind,
+) -> ResponseActFuture<Account, Result<(CommitId, SwarmView), SwarmError>> {
+    author_commit(account, conversation, kind, None)
+}
+
+/// [`author_in`] for kinds whose one chosen file (profile, CRL) is `content`.
+pub(super) fn author_with_content(
+    account: &mut Account,
+    conversation: CommitId,
+    kind: BodyKind,
+    content: Vec<u8>,
+) -> ResponseActFuture<Account, Result<(CommitId, SwarmView), SwarmError>> {
+    author_commit(account, conversation, kind, Some(content))
+}
+
+fn author_commit(
+    account: &mut Account,
+    conversation: CommitId,
+    kind: BodyKind,
+    content: Option<Vec<u8>>,
 ) -> ResponseActFuture<Account, Result<(CommitId, SwarmView), SwarmError>> {
     let addr = swarms(account).and_then(|sw| {
         sw.registry
@@ -1019,21 +1144,17 @@ fn author_in(
     });
     let work = async move {
         addr?
-            .send(Author {
-                kind,
-                content: None,
-            })
+            .send(Author { kind, content })
             .await
             .map_err(mailbox)?
             .map_err(SwarmError::from)
     };
+    // The view and the events were updated when the batch became durable
+    // (`BatchDurable` reaches the account before any reply of its batch);
+    // this reply's view may already be older than the registry's.
     Box::pin(work.into_actor(account).map(move |result, act, _| {
         let (id, view) = result?;
-        let sw = swarms(act)?;
-        if let Some(entry) = sw.registry.get_mut(&conversation) {
-            entry.view = view.clone();
-        }
-        sw.announce(&conversation);
+        swarms(act)?.announce(&conversation);
         Ok((id, view))
     }))
 }
@@ -1278,7 +1399,7 @@ impl Handler<Join> for Account {
                     });
                     async move {
                         let (path, addr, me) = started?;
-                        let (_, view) = addr
+                        let (id, view) = addr
                             .send(Author {
                                 kind: BodyKind::Member {
                                     action: MemberAction::Join,
@@ -1288,16 +1409,26 @@ impl Handler<Join> for Account {
                             })
                             .await
                             .map_err(mailbox)??;
-                        Ok::<_, SwarmError>((path, addr, view))
+                        Ok::<_, SwarmError>((path, addr, view, id, me))
                     }
                     .into_actor(act)
                 })
                 .map(move |result, act, _| {
                     let sw = swarms(act)?;
                     match result {
-                        Ok((path, addr, view)) => {
+                        Ok((path, addr, view, id, me)) => {
                             sw.insert(addr, view, path);
                             sw.announce(&conversation);
+                            // The cloned history is not replayed as events;
+                            // our own join is the first one of this swarm.
+                            sw.events.publish(Event::Member {
+                                conversation,
+                                id,
+                                account_id: me,
+                                action: "join",
+                                by: Some(me),
+                                timestamp: now_secs(),
+                            });
                             Ok(())
                         }
                         Err(e) => {

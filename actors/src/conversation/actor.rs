@@ -201,7 +201,7 @@ impl Conversation {
 
     /// Runs `f` on the store; a failure drops the store so the next message
     /// reopens it from disk.
-    fn with_store<T>(
+    pub(super) fn with_store<T>(
         &mut self,
         f: impl FnOnce(&mut Store, &DeviceSigner) -> Result<T, StoreError>,
     ) -> Result<T, ConversationError> {

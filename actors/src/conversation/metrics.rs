@@ -32,6 +32,8 @@ pub struct SwarmMetrics {
     pub invitations_received: IntCounter,
     /// Authored commits made durable together (group commit).
     pub batch_commits: Histogram,
+    /// The account's event stream (`/v1/events`).
+    pub events: crate::account::events::EventMetrics,
 }
 
 impl SwarmMetrics {
@@ -102,7 +104,9 @@ impl SwarmMetrics {
         registry.register(Box::new(peers_connected.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(invitations_received.clone()))?;
+        let events = crate::account::events::EventMetrics::register(registry)?;
         Ok(Self {
+            events,
             messages_sent,
             commits_accepted,
             rejected,

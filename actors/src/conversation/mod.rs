@@ -5,10 +5,12 @@
 //! applies its verdicts; [`sign::DeviceSigner`] holds what a device needs to
 //! sign commits; [`actor::Conversation`] owns one store on its own thread
 //! and groups authored commits into durable batches ([`durable`]);
+//! [`history`] reads pages and head moves for people and the event stream;
 //! [`metrics`] are the swarm layer's per-node metrics.
 
 pub mod actor;
 pub mod durable;
+pub mod history;
 pub mod metrics;
 pub mod sign;
 pub mod store;

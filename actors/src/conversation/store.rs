@@ -1074,7 +1074,7 @@ impl Dag for StoreDag<'_> {
     }
 }
 
-fn signer_device(armored: &[u8]) -> Option<DeviceId> {
+pub(crate) fn signer_device(armored: &[u8]) -> Option<DeviceId> {
     let sig = ssh_key::SshSig::from_pem(armored).ok()?;
     let key = ed25519_dalek::VerifyingKey::from_bytes(&sig.public_key().ed25519()?.0).ok()?;
     Some(DeviceId::of_key(&key))

@@ -46,3 +46,11 @@ pub const FILE_NAME_BYTES_MAX: usize = 1024;
 
 /// Most messages one history page may return.
 pub const PAGE_MESSAGES_MAX: usize = 1_000;
+
+/// Commits one message page may walk past (newest first) to reach its
+/// cursor and fill itself; a deeper cursor is refused.
+pub const PAGE_WALK_COMMITS_MAX: usize = 100_000;
+
+/// Bytes of edit texts a page walk holds while it waits for their targets;
+/// edits beyond it are not applied to that page (the message shows unedited).
+pub const PAGE_EDIT_TEXT_BYTES_MAX: usize = 16 * 1024 * 1024;

@@ -12,6 +12,7 @@
 //! - [`validation`]: may a fetched commit enter history?
 //! - [`merge`]: the tree merge rule and the oscillation-free head choice.
 //! - [`order`]: the display order and the bounded newest-first walk.
+//! - [`timeline`]: a page of messages as shown, with edits, deletions and reactions applied.
 //! - [`limits`]: every bound, with units.
 
 pub mod body;
@@ -22,6 +23,7 @@ pub mod limits;
 pub mod merge;
 pub mod order;
 pub mod state;
+pub mod timeline;
 pub mod validation;
 
 pub use body::{Body, BodyKind, MemberAction, Mode, VoteAction};

@@ -76,6 +76,41 @@ pub fn newest_first<D: Dag>(
     Ok(out)
 }
 
+/// The same walk as [`newest_first`], one commit at a time, so a caller can
+/// look at every commit on the way (edits and reactions newer than a page)
+/// and stop whenever it has enough. The caller bounds how far it goes.
+#[derive(Debug, Default)]
+pub struct NewestFirstWalk {
+    heap: BinaryHeap<(OrderKey, DagEntry)>,
+    seen: HashSet<CommitId>,
+}
+
+impl NewestFirstWalk {
+    /// A walk starting at `head`.
+    pub fn new<D: Dag>(head: CommitId, dag: &mut D) -> Result<Self, D::Error> {
+        let mut walk = Self::default();
+        let first = dag.entry(&head)?;
+        walk.seen.insert(head);
+        walk.heap.push((first.key, first));
+        Ok(walk)
+    }
+
+    /// The next-newest commit (merges included; see `DagEntry::shown`), or
+    /// `None` when history is exhausted.
+    pub fn next_entry<D: Dag>(&mut self, dag: &mut D) -> Result<Option<DagEntry>, D::Error> {
+        let Some((_, entry)) = self.heap.pop() else {
+            return Ok(None);
+        };
+        for parent in &entry.parents {
+            if self.seen.insert(*parent) {
+                let e = dag.entry(parent)?;
+                self.heap.push((e.key, e));
+            }
+        }
+        Ok(Some(entry))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +190,37 @@ mod tests {
         assert_eq!(page.len(), 50);
         assert_eq!(page[0].id, id(n - 1));
         assert!(dag.1 <= 52, "walk read {} commits", dag.1);
+    }
+
+    #[test]
+    fn step_walk_yields_the_same_order_as_newest_first() {
+        let mut map = HashMap::new();
+        // 0 <- 1 <- 2, 0 <- 3, merge 4 of 2 and 3 (not shown).
+        let parents: [&[usize]; 5] = [&[], &[0], &[1], &[0], &[2, 3]];
+        for (n, ps) in parents.iter().enumerate() {
+            let generation = ps.iter().map(|p| *p as u64 + 1).max().unwrap_or(0);
+            map.insert(
+                id(n),
+                DagEntry {
+                    key: OrderKey {
+                        generation,
+                        time_secs: n as i64,
+                        id: id(n),
+                    },
+                    parents: ps.iter().map(|p| id(*p)).collect(),
+                    shown: n != 4,
+                },
+            );
+        }
+        let mut dag = MapDag(map, 0);
+        let expected = newest_first(id(4), 10, &mut dag).unwrap();
+        let mut walk = NewestFirstWalk::new(id(4), &mut dag).unwrap();
+        let mut got = Vec::new();
+        while let Some(entry) = walk.next_entry(&mut dag).unwrap() {
+            if entry.shown {
+                got.push(entry.key);
+            }
+        }
+        assert_eq!(got, expected);
     }
 }
