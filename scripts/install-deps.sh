@@ -17,6 +17,8 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v python3 >/dev/null || missing+=(python3)
 # Lints deploy/*.sh in tests/deploy.rs.
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+# starling-sim draws its report plots with this font (read at run time).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
