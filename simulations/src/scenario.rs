@@ -420,7 +420,7 @@ impl Scenario {
             return Err(self.invalid("needs at least one group, with distinct names"));
         }
         let nodes: usize = self.groups.iter().map(|g| g.nodes).sum();
-        if nodes < 2 || nodes > NODES_MAX {
+        if !(2..=NODES_MAX).contains(&nodes) {
             return Err(self.invalid(format!("needs 2..={NODES_MAX} nodes, has {nodes}")));
         }
         if self.groups.iter().any(|g| g.nodes == 0) {
