@@ -621,6 +621,10 @@ async fn run(scenario: Scenario, variant: Variant, progress: Progress) -> anyhow
     for i in 0..n {
         sim.crash(i);
     }
+    // Conversation actors live on their own threads and finish the message
+    // they hold after their node's system stops; read replicas once no head
+    // has moved for a while.
+    wait_for_still_heads(&repos).await;
     let Live {
         seen,
         samples,
@@ -651,6 +655,39 @@ async fn run(scenario: Scenario, variant: Variant, progress: Progress) -> anyhow
         heal_snapshots,
         data,
     })
+}
+
+/// How long every head must stay put before replicas are read.
+const STILL_FOR: Duration = Duration::from_millis(1_500);
+/// Longest wait for heads to stay put.
+const STILL_WAIT_MAX: Duration = Duration::from_secs(30);
+
+async fn wait_for_still_heads(repos: &[PathBuf]) {
+    let read = || -> Vec<Option<Oid>> {
+        repos
+            .iter()
+            .map(|p| {
+                git2::Repository::open_bare(p).ok().and_then(|r| {
+                    r.refname_to_id(starling_actors::conversation::store::HEAD_REF)
+                        .ok()
+                })
+            })
+            .collect()
+    };
+    let started = Instant::now();
+    let mut last = read();
+    let mut still_since = Instant::now();
+    while started.elapsed() < STILL_WAIT_MAX {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = read();
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        } else if still_since.elapsed() >= STILL_FOR {
+            return;
+        }
+    }
+    tracing::warn!("replica heads still moving after the nodes stopped");
 }
 
 /// Reads a replica's final state from disk.
