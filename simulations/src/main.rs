@@ -108,6 +108,9 @@ fn main() -> anyhow::Result<ExitCode> {
                         .map(|t| format!("{t:.2}s"))
                         .unwrap_or_else(|| "n/a".into())
                 );
+                if let Some(t) = v.first_cross_delivery_after_heal_s {
+                    println!("  first message across the healed cut after {t:.2}s");
+                }
                 if let Some(b) = &v.git_baseline {
                     println!(
                         "  raw git fetch of the same commits: {:.3}s ({} objects); ratio {}",

@@ -104,6 +104,9 @@ pub struct VariantReport {
     /// Seconds from the first heal until every online node held every
     /// message accepted before it.
     pub time_to_converge_after_heal_s: Option<f64>,
+    /// Seconds from the first heal until the first message written on one
+    /// side before it reached a node of another group (reconnection cost).
+    pub first_cross_delivery_after_heal_s: Option<f64>,
     /// The raw-git baseline, when there was a heal.
     pub git_baseline: Option<GitBaseline>,
     /// Writes asked for, accepted, refused (node down).
@@ -166,6 +169,29 @@ fn converge_after_heal(outcome: &Outcome) -> Option<f64> {
         }
     }
     Some(latest - heal)
+}
+
+fn first_cross_delivery_after_heal(outcome: &Outcome) -> Option<f64> {
+    let heal = *outcome.plan.heals_s.first()?;
+    let groups = &outcome.plan.groups;
+    let mut first: Option<f64> = None;
+    for w in outcome
+        .written
+        .iter()
+        .filter(|w| w.accepted_s.is_some_and(|t| t <= heal))
+    {
+        let Some(id) = w.id.as_ref().and_then(|h| Oid::from_str(h).ok()) else {
+            continue;
+        };
+        for (j, seen) in outcome.seen.iter().enumerate() {
+            if groups[j] != groups[w.node] {
+                if let Some(t) = seen.get(&id).filter(|t| **t >= heal) {
+                    first = Some(first.map_or(*t, |f: f64| f.min(*t)));
+                }
+            }
+        }
+    }
+    first.map(|t| t - heal)
 }
 
 fn fetch_between(from: &Path, to: &Path) -> anyhow::Result<(usize, usize)> {
@@ -264,6 +290,7 @@ pub fn variant_report(
         last_event_s: outcome.last_event_s,
         quiescent_s: outcome.quiescent_s,
         time_to_converge_after_heal_s: converge,
+        first_cross_delivery_after_heal_s: first_cross_delivery_after_heal(outcome),
         git_baseline: git_baseline(outcome, converge),
         writes,
         delivery_latency: Quantiles::of(&mut latencies(outcome)),

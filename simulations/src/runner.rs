@@ -658,9 +658,9 @@ async fn run(scenario: Scenario, variant: Variant, progress: Progress) -> anyhow
 }
 
 /// How long every head must stay put before replicas are read.
-const STILL_FOR: Duration = Duration::from_millis(1_500);
+const STILL_FOR: Duration = Duration::from_secs(3);
 /// Longest wait for heads to stay put.
-const STILL_WAIT_MAX: Duration = Duration::from_secs(30);
+const STILL_WAIT_MAX: Duration = Duration::from_secs(60);
 
 async fn wait_for_still_heads(repos: &[PathBuf]) {
     let read = || -> Vec<Option<Oid>> {
