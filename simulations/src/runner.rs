@@ -9,7 +9,7 @@
 //! does not have are closed. Writes go through the account actor, as the
 //! API's would; faults go to the fabric or stop and start node actors.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -731,16 +731,4 @@ pub fn read_replica(node: usize, online: bool, path: &Path) -> anyhow::Result<Re
 /// Commit ids as hex, for reports.
 pub fn hex(ids: impl IntoIterator<Item = Oid>) -> Vec<String> {
     ids.into_iter().map(|c| commit_id(c).to_hex()).collect()
-}
-
-/// Counts per group of `f(node)`.
-pub fn per_group<T: Copy + Default + std::ops::AddAssign>(
-    plan: &Plan,
-    f: impl Fn(usize) -> T,
-) -> BTreeMap<usize, T> {
-    let mut out = BTreeMap::new();
-    for (i, g) in plan.groups.iter().enumerate() {
-        *out.entry(*g).or_default() += f(i);
-    }
-    out
 }
