@@ -21,6 +21,8 @@ command -v shellcheck >/dev/null || missing+=(shellcheck)
 command -v ip >/dev/null || missing+=(iproute2)
 # promtool checks the daemon's /metrics in tests/events.rs.
 command -v promtool >/dev/null || missing+=(prometheus)
+# starling-sim draws its report plots with this font (read at run time).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq

@@ -1,18 +1,144 @@
-//! `starling-sim`: runs many real Starling nodes in one process over a virtual
-//! UDP fabric that can partition and heal, replays scenarios from a seed, and
-//! checks convergence and no-loss (see docs/ARCHITECTURE.md).
-//!
-//! The harness arrives with the simulation issue; this binary exists so the
-//! workspace has its final shape, and says so instead of pretending to run.
+//! `starling-sim`: runs a scenario file (or lists the shipped ones) and
+//! exits non-zero when a checker fails. See `simulations/scenarios/README.md`.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use starling_sim::{Overrides, Progress, Scenario};
 
 /// Simulate Starling swarms over a virtual network.
 #[derive(Parser)]
 #[command(name = "starling-sim", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!("starling-sim has no scenario runner yet: it arrives with the simulation issue")
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario: a file path, or the name of a shipped scenario.
+    Run {
+        /// Scenario file or shipped name.
+        scenario: String,
+        /// Seed (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where report.json and the plots go.
+        #[arg(long, default_value = "sim-report")]
+        out: PathBuf,
+        /// Nodes in every group (overrides the file).
+        #[arg(long)]
+        nodes_per_group: Option<usize>,
+        /// Messages every group writes (overrides the file).
+        #[arg(long)]
+        messages_per_group: Option<usize>,
+        /// Multiplies every time in the scenario.
+        #[arg(long)]
+        time_scale: Option<f64>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List the shipped scenarios.
+    List,
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STARLING_SIM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::List => {
+            for (name, path) in starling_sim::shipped()? {
+                let scenario = Scenario::load(&path)?;
+                println!("{name:<20} {}", scenario.description);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            scenario,
+            seed,
+            out,
+            nodes_per_group,
+            messages_per_group,
+            time_scale,
+            quiet,
+        } => {
+            let path = {
+                let p = PathBuf::from(&scenario);
+                if p.exists() {
+                    p
+                } else {
+                    starling_sim::scenarios_dir().join(format!("{scenario}.toml"))
+                }
+            };
+            let overrides = Overrides {
+                nodes_per_group,
+                messages_per_group,
+                time_scale,
+                seed,
+            };
+            let scenario = Scenario::load(&path)?.with(&overrides)?;
+            eprintln!(
+                "running {} with seed {} (replay: --seed {})",
+                scenario.name, scenario.seed, scenario.seed
+            );
+            let progress = if quiet {
+                Progress::Quiet
+            } else {
+                Progress::Bars
+            };
+            let report = starling_sim::run(&scenario, &overrides, Some(&out), progress)?;
+            for v in &report.variants {
+                println!(
+                    "{} [{}]: {} nodes, setup {:.1}s, wall {:.1}s, delivery p50 {:.2}s p99 {:.2}s, converge after heal {}",
+                    scenario.name,
+                    v.name,
+                    v.nodes,
+                    v.setup_s,
+                    v.wall_s,
+                    v.delivery_latency.p50,
+                    v.delivery_latency.p99,
+                    v.time_to_converge_after_heal_s
+                        .map(|t| format!("{t:.2}s"))
+                        .unwrap_or_else(|| "n/a".into())
+                );
+                if let Some(t) = v.first_cross_delivery_after_heal_s {
+                    println!("  first message across the healed cut after {t:.2}s");
+                }
+                if let Some(b) = &v.git_baseline {
+                    println!(
+                        "  raw git fetch of the same commits: {:.3}s ({} objects); ratio {}",
+                        b.fetch_s,
+                        b.objects,
+                        b.ratio
+                            .map(|r| format!("{r:.0}x"))
+                            .unwrap_or_else(|| "n/a".into())
+                    );
+                }
+                for c in &v.checks {
+                    println!(
+                        "  {:<12} {} — {}",
+                        c.check,
+                        if c.passed { "PASS" } else { "FAIL" },
+                        c.summary
+                    );
+                    for line in &c.diff {
+                        println!("      {line}");
+                    }
+                }
+            }
+            println!("report: {}", out.join("report.json").display());
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }

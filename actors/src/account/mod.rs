@@ -20,7 +20,7 @@ pub mod swarms;
 use actix::prelude::*;
 use starling_protocol::{AccountId, AccountIdentity, DeviceId};
 
-pub use swarms::{SwarmConfig, SwarmError};
+pub use swarms::{SwarmConfig, SwarmError, SyncTuning};
 
 /// Messages the account's mailbox holds (API requests, incoming channels,
 /// frames, connection events); the transport's `try_send` refuses channels
@@ -46,7 +46,17 @@ impl Account {
 
     /// An actor owning `identity` that syncs swarms through `config.transport`.
     pub fn with_swarms(identity: AccountIdentity, config: SwarmConfig) -> Result<Self, SwarmError> {
-        let swarms = swarms::Swarms::new(&identity, config)?;
+        Self::with_swarms_tuned(identity, config, SyncTuning::default())
+    }
+
+    /// [`Account::with_swarms`] with sync timers and fault injection set
+    /// (the simulator's entry point).
+    pub fn with_swarms_tuned(
+        identity: AccountIdentity,
+        config: SwarmConfig,
+        tuning: SyncTuning,
+    ) -> Result<Self, SwarmError> {
+        let swarms = swarms::Swarms::new(&identity, config, tuning)?;
         Ok(Self {
             identity,
             swarms: Some(swarms),

@@ -83,6 +83,32 @@ pub struct SwarmConfig {
     pub metrics: SwarmMetrics,
 }
 
+/// Knobs on sync timing and fault injection. [`Default`] is production
+/// behaviour; the simulator shortens timers and plants faults through it.
+#[derive(Debug, Clone)]
+pub struct SyncTuning {
+    /// How often heads are exchanged with every connected member device
+    /// (and the fetch scheduler's timers ticked).
+    pub anti_entropy_interval: Duration,
+    /// Whether anti-entropy re-announces heads at all; `false` leaves only
+    /// announcements of new heads and of heads on connection up.
+    pub anti_entropy: bool,
+    /// Fault injection (simulator only): announce no head at all, neither
+    /// new ones, nor on connection up, nor by anti-entropy. Peers then
+    /// never learn this node's commits; the no-loss checker must notice.
+    pub drop_announcements: bool,
+}
+
+impl Default for SyncTuning {
+    fn default() -> Self {
+        Self {
+            anti_entropy_interval: ANTI_ENTROPY_INTERVAL,
+            anti_entropy: true,
+            drop_announcements: false,
+        }
+    }
+}
+
 /// Why a swarm request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmError {
@@ -165,10 +191,15 @@ pub struct Swarms {
     batch_listener: Option<Recipient<BatchDurable>>,
     /// The account's event stream (`/v1/events`).
     pub(super) events: EventBus,
+    tuning: SyncTuning,
 }
 
 impl Swarms {
-    pub(super) fn new(identity: &AccountIdentity, config: SwarmConfig) -> Result<Self, SwarmError> {
+    pub(super) fn new(
+        identity: &AccountIdentity,
+        config: SwarmConfig,
+        tuning: SyncTuning,
+    ) -> Result<Self, SwarmError> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| SwarmError::Io(format!("{}: {e}", config.dir.display())))?;
         let signer = DeviceSigner::new(
@@ -188,6 +219,7 @@ impl Swarms {
             invitations: BTreeMap::new(),
             connected: BTreeMap::new(),
             batch_listener: None,
+            tuning,
         })
     }
 
@@ -271,6 +303,9 @@ impl Swarms {
     /// it) as `heads_pack`, else as `heads`; with `again`, even if this head
     /// was announced before (anti-entropy).
     fn announce_with(&mut self, conversation: &CommitId, pack: Option<Arc<Vec<u8>>>, again: bool) {
+        if self.tuning.drop_announcements {
+            return;
+        }
         let Some(entry) = self.registry.get_mut(conversation) else {
             return;
         };
@@ -431,7 +466,7 @@ pub(super) fn start(account: &mut Account, ctx: &mut Context<Account>) {
                 }),
         );
     }
-    ctx.run_interval(ANTI_ENTROPY_INTERVAL, |act, ctx| {
+    ctx.run_interval(sw.tuning.anti_entropy_interval, |act, ctx| {
         let Some(sw) = act.swarms.as_mut() else {
             return;
         };
@@ -439,7 +474,9 @@ pub(super) fn start(account: &mut Account, ctx: &mut Context<Account>) {
         let ids: Vec<CommitId> = sw.registry.keys().copied().collect();
         let mut all = Vec::new();
         for id in ids {
-            sw.announce_with(&id, None, true);
+            if sw.tuning.anti_entropy {
+                sw.announce_with(&id, None, true);
+            }
             if let Some(entry) = sw.registry.get_mut(&id) {
                 all.push((id, entry.scheduler.tick(now)));
             }
@@ -927,7 +964,8 @@ impl Handler<ConnectionEvent> for Account {
                 let ids: Vec<CommitId> = sw.registry.keys().copied().collect();
                 for id in ids {
                     let entry = &sw.registry[&id];
-                    if entry.view.member_devices.contains(&device) {
+                    if entry.view.member_devices.contains(&device) && !sw.tuning.drop_announcements
+                    {
                         sw.tell(
                             device,
                             id,
