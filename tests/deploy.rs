@@ -620,6 +620,13 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         if !self.down {
+            // The nodes' own account of a failure, before it is torn down.
+            for service in ["uni-a", "uni-b"] {
+                for id in self.containers(service) {
+                    let logs = run_bounded(30, "docker", &["logs", "--tail", "400", &id], &[]);
+                    eprintln!("--- {service} {id} (last 400 lines) ---\n{}", text(&logs));
+                }
+            }
             let output = self.tear_down();
             eprintln!(
                 "fleet {} torn down after a failure: {}",
