@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use git2::{Oid, Repository};
 use starling_protocol::swarm::body::{encode_body, parse_body, Body, BodyKind, Mode};
-use starling_protocol::swarm::commit::sign_payload;
+use starling_protocol::swarm::commit::{sign_payload, KeyCache};
 use starling_protocol::swarm::gossip::INLINE_PACK_BYTES_MAX;
 use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::swarm::limits::{
@@ -42,9 +42,9 @@ use starling_protocol::swarm::state::{
     PROFILE_PATH,
 };
 use starling_protocol::swarm::validation::{
-    check_signature, expected_changes, validate_authored, validate_batch_checked, validate_commit,
-    Accepted, BatchVerdict, Candidate, Changes, Context, Expect, History, ParentView, Rejection,
-    SignatureCheck,
+    check_signature_with, expected_changes, validate_authored, validate_batch_checked,
+    validate_commit, Accepted, BatchVerdict, Candidate, Changes, Context, Expect, History,
+    ParentView, Rejection, SignatureCheck,
 };
 use starling_protocol::{AccountId, DeviceCert, DeviceId};
 
@@ -1092,20 +1092,26 @@ impl Dag for StoreDag<'_> {
     }
 }
 
-/// [`check_signature`] of every candidate, in order, split across the
+/// [`check_signature`](starling_protocol::swarm::validation::check_signature) of every candidate, in order, split across the
 /// machine's cores when the batch is large enough to pay for the threads.
 pub fn check_signatures(candidates: &[Candidate]) -> Vec<SignatureCheck> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(SIGNATURE_THREADS_MAX);
+    let check_part = |part: &[Candidate]| {
+        let mut keys = KeyCache::default();
+        part.iter()
+            .map(|c| check_signature_with(c, &mut keys))
+            .collect::<Vec<_>>()
+    };
     if threads < 2 || candidates.len() < SIGNATURE_PARALLEL_MIN {
-        return candidates.iter().map(check_signature).collect();
+        return check_part(candidates);
     }
     let share = candidates.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let workers: Vec<_> = candidates
             .chunks(share)
-            .map(|part| scope.spawn(move || part.iter().map(check_signature).collect::<Vec<_>>()))
+            .map(|part| scope.spawn(move || check_part(part)))
             .collect();
         workers
             .into_iter()

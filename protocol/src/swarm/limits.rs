@@ -46,3 +46,7 @@ pub const FILE_NAME_BYTES_MAX: usize = 1024;
 
 /// Most messages one history page may return.
 pub const PAGE_MESSAGES_MAX: usize = 1_000;
+
+/// Decoded signing keys one signature check batch keeps (a swarm's devices;
+/// past this, keys are decoded per commit, which is only slower).
+pub const KEY_CACHE_ENTRIES_MAX: usize = 1_024;

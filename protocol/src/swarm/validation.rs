@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::body::{parse_body, Body, BodyError, BodyKind, MemberAction, Mode, VoteAction};
-use super::commit::{parse_payload, verify_signature, CommitFormatError, CommitPayload};
+use super::commit::{
+    parse_payload, verify_signature_with, CommitFormatError, CommitPayload, KeyCache,
+};
 use super::ids::CommitId;
 use super::limits::{COMMIT_FUTURE_SKEW_SECS_MAX, FETCH_COMMITS_MAX, MERGE_PARENTS};
 use super::merge::merge_files;
@@ -264,11 +266,16 @@ impl SignatureCheck {
 /// several threads, before [`validate_batch_checked`] applies the rules
 /// that do.
 pub fn check_signature(candidate: &Candidate) -> SignatureCheck {
+    check_signature_with(candidate, &mut KeyCache::default())
+}
+
+/// [`check_signature`], decoding signers' keys through `keys` (one cache
+/// per batch, or per thread checking part of one).
+pub fn check_signature_with(candidate: &Candidate, keys: &mut KeyCache) -> SignatureCheck {
     let result = match candidate.signature.as_deref() {
         None => Err(CommitFormatError::Unsigned),
-        Some(armored) => {
-            verify_signature(armored, &candidate.payload).map(|key| DeviceId::of_key(&key))
-        }
+        Some(armored) => verify_signature_with(armored, &candidate.payload, keys)
+            .map(|key| DeviceId::of_key(&key)),
     };
     SignatureCheck {
         id: candidate.id,
@@ -959,6 +966,7 @@ pub fn validate_batch_checked(
     }
     let mut accepted: HashMap<CommitId, ParentView> = HashMap::new();
     let mut rejected: HashMap<CommitId, CommitId> = HashMap::new();
+    let mut keys = KeyCache::default();
     for (index, candidate) in candidates.iter().enumerate() {
         let id = candidate.id;
         let payload = match parse_candidate(candidate) {
@@ -1005,7 +1013,7 @@ pub fn validate_batch_checked(
             None => {
                 let signer = match signatures.get(index) {
                     Some(checked) if checked.id == id => checked.result.clone(),
-                    _ => check_signature(candidate).result,
+                    _ => check_signature_with(candidate, &mut keys).result,
                 };
                 match signer {
                     Ok(device) => validate_signed_by(
