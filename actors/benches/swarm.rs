@@ -9,10 +9,10 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use ed25519_dalek::{Signer, SigningKey};
 use git2::Oid;
 use rand::SeedableRng;
-use starling_actors::conversation::store::{oid, write_commit, HEAD_REF};
+use starling_actors::conversation::store::{check_signatures, oid, write_commit, HEAD_REF};
 use starling_actors::conversation::{DeviceSigner, Store};
 use starling_protocol::swarm::body::{encode_body, BodyKind, MemberAction, Mode};
-use starling_protocol::swarm::validation::validate_batch;
+use starling_protocol::swarm::validation::{validate_batch, validate_batch_checked};
 use starling_protocol::{AccountCert, DeviceCert};
 use tempfile::TempDir;
 
@@ -136,6 +136,27 @@ fn validation(c: &mut Criterion) {
             verdict.accepted.len()
         })
     });
+    group.bench_function(
+        "parse_and_validate_fetched_commits_signatures_on_all_cores",
+        |b| {
+            b.iter(|| {
+                let candidates: Vec<_> = ids
+                    .iter()
+                    .map(|id| store.candidate(*id).expect("candidate"))
+                    .collect();
+                let signatures = check_signatures(&candidates);
+                let verdict = validate_batch_checked(
+                    &candidates,
+                    &signatures,
+                    &mut store,
+                    Some(conversation),
+                    NOW,
+                );
+                assert_eq!(verdict.accepted.len(), BATCH);
+                verdict.accepted.len()
+            })
+        },
+    );
     let key = SigningKey::from_bytes(&[9; 32]);
     let messages: Vec<Vec<u8>> = (0..BATCH).map(|i| text(i as u64, i)).collect();
     let signatures: Vec<_> = messages.iter().map(|m| key.sign(m)).collect();

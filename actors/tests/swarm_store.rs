@@ -641,6 +641,77 @@ fn a_bad_commit_rejects_its_descendants_but_not_the_branch_beside_it() {
     assert_eq!(head_oid(&p.a), good, "the valid branch fast-forwards");
 }
 
+/// A fetch large enough that the store checks its signatures on several
+/// threads: one forged signature among many is named, its descendants fall
+/// with it, and everything before it is accepted.
+#[test]
+fn one_forged_signature_in_a_large_fetch_is_named() {
+    const BEFORE: usize = 90;
+    const AFTER: usize = 40;
+    let mut p = pair(Mode::InvitesOnly);
+    let mut head = head_oid(&p.b);
+    let mut g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+    for i in 0..BEFORE {
+        head = craft(
+            &p.b,
+            &p.b1,
+            head,
+            &text(g, &format!("m{i}")),
+            &Changes::new(),
+        );
+        g += 1;
+    }
+    let last_good = head;
+    // The right device's real signature, over a payload it never signed.
+    let genuine = craft(&p.b, &p.b1, head, &text(g, "original"), &Changes::new());
+    let repo = p.b.repository();
+    let (sig, payload) = repo.extract_signature(&genuine, None).unwrap();
+    let forged_payload = String::from_utf8(payload.to_vec())
+        .unwrap()
+        .replace("original", "forged!!");
+    let forged = repo
+        .commit_signed(&forged_payload, std::str::from_utf8(&sig).unwrap(), None)
+        .unwrap();
+    // On disk, where `craft`'s own handle finds the parent.
+    p.b.persist_objects().unwrap();
+    head = forged;
+    g += 1;
+    for i in 0..AFTER {
+        head = craft(
+            &p.b,
+            &p.b1,
+            head,
+            &text(g, &format!("after {i}")),
+            &Changes::new(),
+        );
+        g += 1;
+    }
+    const { assert!(BEFORE + AFTER + 1 >= starling_actors::conversation::store::SIGNATURE_PARALLEL_MIN) };
+    let rejected = alice_fetches(&mut p).unwrap();
+    assert_eq!(rejected.len(), AFTER + 1, "{rejected:?}");
+    assert_eq!(
+        rejected[0],
+        Rejection::Format(
+            starling_actors::conversation::store::commit_id(forged),
+            CommitFormatError::BadSignature
+        )
+    );
+    assert!(rejected[1..].iter().all(|r| matches!(
+        r,
+        Rejection::DescendantOfRejected { rejected, .. }
+            if *rejected == starling_actors::conversation::store::commit_id(forged)
+    )));
+    assert_eq!(
+        head_oid(&p.a),
+        last_good,
+        "everything before the forgery is accepted"
+    );
+    assert_eq!(
+        p.a.rejection_counts().values().sum::<u64>(),
+        (AFTER + 1) as u64
+    );
+}
+
 #[test]
 fn ban_beats_a_concurrent_join() {
     let mut p = pair(Mode::InvitesOnly);

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use git2::{Oid, Repository};
 use starling_protocol::swarm::body::{encode_body, parse_body, Body, BodyKind, Mode};
-use starling_protocol::swarm::commit::sign_payload;
+use starling_protocol::swarm::commit::{sign_payload, KeyCache};
 use starling_protocol::swarm::gossip::INLINE_PACK_BYTES_MAX;
 use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::swarm::limits::{
@@ -42,8 +42,9 @@ use starling_protocol::swarm::state::{
     PROFILE_PATH,
 };
 use starling_protocol::swarm::validation::{
-    expected_changes, validate_authored, validate_batch, validate_commit, Accepted, Candidate,
-    Changes, Context, Expect, History, ParentView, Rejection,
+    check_signature_with, expected_changes, validate_authored, validate_batch_checked,
+    validate_commit, Accepted, BatchVerdict, Candidate, Changes, Context, Expect, History,
+    ParentView, Rejection, SignatureCheck,
 };
 use starling_protocol::{AccountId, DeviceCert, DeviceId};
 
@@ -64,6 +65,13 @@ pub const MERGE_BASE_RECURSION_MAX: usize = 8;
 /// How many nested merges the containment test follows before answering
 /// "not contained" (which is always safe: it only causes one more merge).
 pub const CONTAINS_MERGE_DEPTH_MAX: usize = 64;
+
+/// Most threads that check a fetch's signatures (the rest of validation
+/// runs on the conversation's own thread).
+pub const SIGNATURE_THREADS_MAX: usize = 4;
+/// Fewest commits worth splitting across threads: below it, spawning costs
+/// more than the checks.
+pub const SIGNATURE_PARALLEL_MIN: usize = 64;
 
 const CONFIG_CONVERSATION: &str = "starling.conversation";
 
@@ -303,7 +311,7 @@ impl Store {
             rejections: BTreeMap::new(),
         };
         let candidates = store.candidates(theirs)?;
-        let verdict = validate_batch(&candidates, &mut store, Some(conversation), now_secs);
+        let verdict = store.validate(&candidates, now_secs);
         store.count_rejections(&verdict.rejected);
         store.repo.find_reference(&quarantine_ref(peer))?.delete()?;
         if !verdict.rejected.is_empty() || verdict.accepted.is_empty() {
@@ -484,6 +492,16 @@ impl Store {
             return Ok(state.files().clone());
         }
         Ok(Arc::new(read_files(&self.repo, tree)?))
+    }
+
+    /// Validates fetched candidates (oldest first) against accepted history.
+    /// Their signatures, the costly part, are checked first on up to
+    /// [`SIGNATURE_THREADS_MAX`] threads; the rules then run in order here,
+    /// with the same verdicts as checking one commit after another.
+    fn validate(&mut self, candidates: &[Candidate], now_secs: i64) -> BatchVerdict {
+        let signatures = check_signatures(candidates);
+        let conversation = Some(self.conversation);
+        validate_batch_checked(candidates, &signatures, self, conversation, now_secs)
     }
 
     /// Commits reachable from `theirs` and not from accepted refs, oldest first.
@@ -750,7 +768,7 @@ impl Store {
             }
         }
         let candidates = self.candidates(theirs)?;
-        let verdict = validate_batch(&candidates, self, Some(self.conversation), now_secs);
+        let verdict = self.validate(&candidates, now_secs);
         self.count_rejections(&verdict.rejected);
         let mut parents_in_batch = HashSet::new();
         for accepted in &verdict.accepted {
@@ -1072,6 +1090,40 @@ impl Dag for StoreDag<'_> {
         self.bodies.insert(*id, body);
         Ok(entry)
     }
+}
+
+/// [`check_signature`](starling_protocol::swarm::validation::check_signature) of every candidate, in order, split across the
+/// machine's cores when the batch is large enough to pay for the threads.
+pub fn check_signatures(candidates: &[Candidate]) -> Vec<SignatureCheck> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(SIGNATURE_THREADS_MAX);
+    let check_part = |part: &[Candidate]| {
+        let mut keys = KeyCache::default();
+        part.iter()
+            .map(|c| check_signature_with(c, &mut keys))
+            .collect::<Vec<_>>()
+    };
+    if threads < 2 || candidates.len() < SIGNATURE_PARALLEL_MIN {
+        return check_part(candidates);
+    }
+    let share = candidates.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = candidates
+            .chunks(share)
+            .map(|part| scope.spawn(move || check_part(part)))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| {
+                // A check never panics (it is fuzzed); if one did, the panic
+                // belongs to this thread as it would without workers.
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 pub(crate) fn signer_device(armored: &[u8]) -> Option<DeviceId> {

@@ -11,11 +11,15 @@
 //! between `-----BEGIN SSH SIGNATURE-----` lines, namespace `git`, hash
 //! `sha512`, key and signature ed25519.
 
+use std::collections::HashMap;
+
 use ed25519_dalek::{Signature, VerifyingKey};
 use ssh_key::{HashAlg, SshSig};
 
 use super::ids::CommitId;
-use super::limits::{COMMIT_PAYLOAD_BYTES_MAX, MERGE_PARENTS, SIGNATURE_BYTES_MAX};
+use super::limits::{
+    COMMIT_PAYLOAD_BYTES_MAX, KEY_CACHE_ENTRIES_MAX, MERGE_PARENTS, SIGNATURE_BYTES_MAX,
+};
 
 /// The sshsig namespace Git uses for commit signatures.
 pub const SSHSIG_NAMESPACE: &str = "git";
@@ -153,8 +157,39 @@ pub fn parse_payload(payload: &[u8]) -> Result<CommitPayload, CommitFormatError>
     })
 }
 
+/// Decoded signing keys by their bytes: a batch's commits come from a few
+/// devices, and decoding a key (point decompression) is a sizeable part of
+/// a check. Decoding is a pure function of the bytes, so a cached key is the
+/// key. Holds at most [`KEY_CACHE_ENTRIES_MAX`] keys.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    keys: HashMap<[u8; 32], VerifyingKey>,
+}
+
+impl KeyCache {
+    fn decode(&mut self, bytes: &[u8; 32]) -> Result<VerifyingKey, CommitFormatError> {
+        if let Some(key) = self.keys.get(bytes) {
+            return Ok(*key);
+        }
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| CommitFormatError::NotEd25519)?;
+        if self.keys.len() < KEY_CACHE_ENTRIES_MAX {
+            self.keys.insert(*bytes, key);
+        }
+        Ok(key)
+    }
+}
+
 /// Verifies an armored sshsig over `payload`; returns the signing key.
 pub fn verify_signature(armored: &[u8], payload: &[u8]) -> Result<VerifyingKey, CommitFormatError> {
+    verify_signature_with(armored, payload, &mut KeyCache::default())
+}
+
+/// [`verify_signature`], decoding the signer's key through `keys`.
+pub fn verify_signature_with(
+    armored: &[u8],
+    payload: &[u8],
+    keys: &mut KeyCache,
+) -> Result<VerifyingKey, CommitFormatError> {
     if armored.len() > SIGNATURE_BYTES_MAX {
         return Err(CommitFormatError::SignatureTooLarge {
             found: armored.len(),
@@ -179,7 +214,7 @@ pub fn verify_signature(armored: &[u8], payload: &[u8]) -> Result<VerifyingKey, 
     if sig.algorithm() != ssh_key::Algorithm::Ed25519 {
         return Err(CommitFormatError::NotEd25519);
     }
-    let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| CommitFormatError::NotEd25519)?;
+    let key = keys.decode(&key_bytes)?;
     let signature =
         Signature::from_slice(sig.signature_bytes()).map_err(|_| CommitFormatError::NotEd25519)?;
     let signed = SshSig::signed_data(SSHSIG_NAMESPACE, HashAlg::Sha512, payload)
@@ -247,6 +282,32 @@ committer a <d> 1700000001 +0000\n\
             verify_signature(armored.as_bytes(), &tampered),
             Err(CommitFormatError::BadSignature)
         );
+    }
+
+    #[test]
+    fn a_cached_key_verifies_exactly_like_a_fresh_one() {
+        let mut keys = KeyCache::default();
+        let (a, b) = (
+            ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+            ed25519_dalek::SigningKey::from_bytes(&[4; 32]),
+        );
+        let by_a = sign_payload(&a, PAYLOAD);
+        let by_b = sign_payload(&b, PAYLOAD);
+        let mut tampered = PAYLOAD.to_vec();
+        *tampered.last_mut().unwrap() = b'!';
+        for _ in 0..2 {
+            for (armored, key) in [(&by_a, &a), (&by_b, &b)] {
+                assert_eq!(
+                    verify_signature_with(armored.as_bytes(), PAYLOAD, &mut keys),
+                    Ok(key.verifying_key())
+                );
+                assert_eq!(
+                    verify_signature_with(armored.as_bytes(), &tampered, &mut keys),
+                    Err(CommitFormatError::BadSignature)
+                );
+            }
+        }
+        assert_eq!(keys.keys.len(), 2);
     }
 
     #[test]

@@ -54,3 +54,7 @@ pub const PAGE_WALK_COMMITS_MAX: usize = 100_000;
 /// Bytes of edit texts a page walk holds while it waits for their targets;
 /// edits beyond it are not applied to that page (the message shows unedited).
 pub const PAGE_EDIT_TEXT_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Decoded signing keys one signature check batch keeps (a swarm's devices;
+/// past this, keys are decoded per commit, which is only slower).
+pub const KEY_CACHE_ENTRIES_MAX: usize = 1_024;

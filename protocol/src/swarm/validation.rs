@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::body::{parse_body, Body, BodyError, BodyKind, MemberAction, Mode, VoteAction};
-use super::commit::{parse_payload, verify_signature, CommitFormatError, CommitPayload};
+use super::commit::{
+    parse_payload, verify_signature_with, CommitFormatError, CommitPayload, KeyCache,
+};
 use super::ids::CommitId;
 use super::limits::{COMMIT_FUTURE_SKEW_SECS_MAX, FETCH_COMMITS_MAX, MERGE_PARENTS};
 use super::merge::merge_files;
@@ -231,13 +233,54 @@ pub fn validate_commit(
     let id = candidate.id;
     // Shape first: a malformed payload is reported as such, not as a bad signature.
     let payload = parse_candidate(candidate)?;
-    let armored = candidate
-        .signature
-        .as_deref()
-        .ok_or(Rejection::Format(id, CommitFormatError::Unsigned))?;
-    let key =
-        verify_signature(armored, &candidate.payload).map_err(|e| Rejection::Format(id, e))?;
-    validate_signed_by(candidate, payload, DeviceId::of_key(&key), parents, ctx)
+    let device = check_signature(candidate)
+        .result
+        .map_err(|e| Rejection::Format(id, e))?;
+    validate_signed_by(candidate, payload, device, parents, ctx)
+}
+
+/// The outcome of checking one candidate's signature: the device whose key
+/// made it, or why it is unacceptable. Only [`check_signature`] makes one,
+/// and it names its commit, so a result cannot be applied to another commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureCheck {
+    id: CommitId,
+    result: Result<DeviceId, CommitFormatError>,
+}
+
+impl SignatureCheck {
+    /// The commit whose signature was checked.
+    pub fn commit(&self) -> CommitId {
+        self.id
+    }
+
+    /// The signing device, or why the signature is unacceptable.
+    pub fn result(&self) -> &Result<DeviceId, CommitFormatError> {
+        &self.result
+    }
+}
+
+/// Checks a candidate's signature (present, well-formed, `verify_strict`
+/// over its payload: the one costly step of validation). It needs no
+/// history, so a caller may check a batch's signatures in any order, or on
+/// several threads, before [`validate_batch_checked`] applies the rules
+/// that do.
+pub fn check_signature(candidate: &Candidate) -> SignatureCheck {
+    check_signature_with(candidate, &mut KeyCache::default())
+}
+
+/// [`check_signature`], decoding signers' keys through `keys` (one cache
+/// per batch, or per thread checking part of one).
+pub fn check_signature_with(candidate: &Candidate, keys: &mut KeyCache) -> SignatureCheck {
+    let result = match candidate.signature.as_deref() {
+        None => Err(CommitFormatError::Unsigned),
+        Some(armored) => verify_signature_with(armored, &candidate.payload, keys)
+            .map(|key| DeviceId::of_key(&key)),
+    };
+    SignatureCheck {
+        id: candidate.id,
+        result,
+    }
 }
 
 /// Validates a commit this device has just signed, with every rule except
@@ -896,6 +939,23 @@ pub fn validate_batch(
     conversation: Option<CommitId>,
     now_secs: i64,
 ) -> BatchVerdict {
+    validate_batch_checked(candidates, &[], history, conversation, now_secs)
+}
+
+/// [`validate_batch`] with the signatures already checked: `signatures[i]`
+/// is [`check_signature`]`(&candidates[i])`, computed by the caller (the
+/// store checks a fetch's signatures on all cores). A candidate without a
+/// matching entry (a shorter slice, or an entry naming another commit) is
+/// checked here, so nothing goes unchecked.
+/// Verdicts and their reasons are the same as [`validate_batch`]'s: a
+/// signature's result is used exactly where that function would check it.
+pub fn validate_batch_checked(
+    candidates: &[Candidate],
+    signatures: &[SignatureCheck],
+    history: &mut impl History,
+    conversation: Option<CommitId>,
+    now_secs: i64,
+) -> BatchVerdict {
     let mut verdict = BatchVerdict::default();
     if candidates.len() > FETCH_COMMITS_MAX {
         verdict.rejected.push(Rejection::TooManyCommits {
@@ -906,7 +966,8 @@ pub fn validate_batch(
     }
     let mut accepted: HashMap<CommitId, ParentView> = HashMap::new();
     let mut rejected: HashMap<CommitId, CommitId> = HashMap::new();
-    for candidate in candidates {
+    let mut keys = KeyCache::default();
+    for (index, candidate) in candidates.iter().enumerate() {
         let id = candidate.id;
         let payload = match parse_candidate(candidate) {
             Ok(p) => p,
@@ -949,15 +1010,26 @@ pub fn validate_batch(
         };
         let result = match failure {
             Some(f) => Err(f),
-            None => validate_commit(
-                candidate,
-                &views,
-                &Context {
-                    conversation,
-                    now_secs,
-                    merge_base: base_files.as_deref(),
-                },
-            ),
+            None => {
+                let signer = match signatures.get(index) {
+                    Some(checked) if checked.id == id => checked.result.clone(),
+                    _ => check_signature_with(candidate, &mut keys).result,
+                };
+                match signer {
+                    Ok(device) => validate_signed_by(
+                        candidate,
+                        payload,
+                        device,
+                        &views,
+                        &Context {
+                            conversation,
+                            now_secs,
+                            merge_base: base_files.as_deref(),
+                        },
+                    ),
+                    Err(e) => Err(Rejection::Format(id, e)),
+                }
+            }
         };
         match result {
             Ok(ok) => {
@@ -1357,6 +1429,111 @@ mod signed_tests {
             validate_commit(&unsigned, &[], &ctx()),
             Err(Rejection::Format(_, CommitFormatError::Unsigned))
         ));
+    }
+
+    /// No accepted history beyond the batch itself.
+    struct NoHistory;
+
+    impl History for NoHistory {
+        fn view(&mut self, _: &CommitId) -> Option<ParentView> {
+            None
+        }
+        fn merge_base_files(&mut self, _: &CommitId, _: &CommitId) -> Option<Arc<Files>> {
+            None
+        }
+    }
+
+    /// The initial commit and `n` signed text messages on it, oldest first.
+    fn chain(n: u8) -> Vec<Candidate> {
+        let (key, cert) = account(1);
+        let (dkey, _) = device(&key, &cert, 2);
+        let mut commits = vec![initial()];
+        for i in 0..n {
+            let parent = commits.last().map(|c| c.id).unwrap();
+            let body = encode_body(
+                u64::from(i) + 1,
+                &BodyKind::Text {
+                    text: format!("message {i}"),
+                    reply_to: None,
+                    edit_of: None,
+                },
+            );
+            let mut payload = format!(
+                "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nparent {parent}\nauthor a <d> {NOW} +0000\ncommitter a <d> {NOW} +0000\n\n"
+            )
+            .into_bytes();
+            payload.extend_from_slice(&body);
+            commits.push(Candidate {
+                id: CommitId::from_bytes([i.wrapping_add(2); 20]),
+                signature: Some(sign_payload(&dkey, &payload).into_bytes()),
+                payload,
+                changes: Changes::new(),
+            });
+        }
+        commits
+    }
+
+    fn ids(verdict: &BatchVerdict) -> Vec<CommitId> {
+        verdict.accepted.iter().map(|a| a.id).collect()
+    }
+
+    #[test]
+    fn one_bad_signature_among_many_is_named_and_rejects_only_its_descendants() {
+        let mut commits = chain(60);
+        // A real signature by the right device, over another commit's payload.
+        let bad = 31;
+        commits[bad].signature = commits[bad - 1].signature.clone();
+        let bad_id = commits[bad].id;
+        let checks: Vec<SignatureCheck> = commits.iter().map(check_signature).collect();
+        let verdicts = [
+            validate_batch(&commits, &mut NoHistory, Some(commits[0].id), NOW),
+            validate_batch_checked(&commits, &checks, &mut NoHistory, Some(commits[0].id), NOW),
+        ];
+        for verdict in &verdicts {
+            assert_eq!(
+                ids(verdict),
+                commits[..bad].iter().map(|c| c.id).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                verdict.rejected[0],
+                Rejection::Format(bad_id, CommitFormatError::BadSignature)
+            );
+            assert_eq!(verdict.rejected.len(), commits.len() - bad);
+            for (rejection, child) in verdict.rejected[1..].iter().zip(&commits[bad + 1..]) {
+                assert_eq!(
+                    *rejection,
+                    Rejection::DescendantOfRejected {
+                        commit: child.id,
+                        rejected: bad_id,
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_signature_check_of_another_commit_is_not_trusted() {
+        let mut commits = chain(8);
+        let forged = 5;
+        commits[forged].signature = commits[forged - 1].signature.clone();
+        // Checks shifted by one: each names a different commit than its slot.
+        let shifted: Vec<SignatureCheck> = commits[1..].iter().map(check_signature).collect();
+        let verdict =
+            validate_batch_checked(&commits, &shifted, &mut NoHistory, Some(commits[0].id), NOW);
+        assert_eq!(ids(&verdict).len(), forged);
+        assert_eq!(
+            verdict.rejected[0],
+            Rejection::Format(commits[forged].id, CommitFormatError::BadSignature)
+        );
+        // Fewer checks than candidates: the rest are checked in the batch.
+        let verdict = validate_batch_checked(
+            &commits,
+            &shifted[..0],
+            &mut NoHistory,
+            Some(commits[0].id),
+            NOW,
+        );
+        assert_eq!(ids(&verdict).len(), forged);
     }
 
     proptest! {
