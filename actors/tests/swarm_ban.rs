@@ -199,7 +199,10 @@ async fn a_banned_member_is_refused_from_the_ban_on_and_an_unban_lets_it_back() 
             other => panic!("{kind}/<id> after the ban was not refused: {other:?}"),
         }
     }
-    assert_eq!(refused(&alice_registry) - before, 2.0);
+    // At least our two opens; mallory's own node may also have announced to
+    // alice after the ban (its anti-entropy or a head move), refused alike.
+    let counted = refused(&alice_registry) - before;
+    assert!(counted >= 2.0, "refusals counted: {counted}");
     // Banning twice is refused by the rules, not silently repeated.
     let again = alice
         .send(BanVote {
