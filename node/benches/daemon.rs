@@ -15,9 +15,8 @@
 //! `STARLING_BENCH_SCALE=0.1` shrinks every count (a quick look).
 //!
 //! Observation: [`observe_message`] is the one place that decides when a
-//! message "arrived" on the other daemon. It polls the messages route
-//! (newest page) tightly today; switching it to the WebSocket event stream changes no
-//! other line.
+//! message "arrived" on the other daemon: the `message` event on that
+//! daemon's `GET /v1/events` WebSocket, as an application would see it.
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -40,10 +39,6 @@ const THROUGHPUT_CLIENTS: usize = 16;
 const CATCH_UP_MESSAGES: usize = 10_000;
 /// Longest any wait in a benchmark may take before it fails.
 const DEADLINE: Duration = Duration::from_secs(300);
-/// How many of the newest messages a poll asks for.
-const NEWEST_PAGE: usize = 8;
-/// Pause between two polls of the observing daemon.
-const POLL_INTERVAL: Duration = Duration::from_micros(200);
 
 fn scaled(n: usize) -> usize {
     let scale: f64 = std::env::var("STARLING_BENCH_SCALE")
@@ -173,17 +168,19 @@ impl Node {
         answer["id"].as_str().expect("message id").to_owned()
     }
 
-    /// Whether `id` is among the newest messages `node` lists. (Not just
-    /// "the newest": the newest commit may be a join or another non-text
-    /// commit that the page counts but the list leaves out.)
-    fn lists(&self, conversation: &str, id: &str) -> bool {
-        let list = self.call(
-            "GET",
-            &format!("/swarms/{conversation}/messages?limit={NEWEST_PAGE}"),
-            None,
+    /// Follows this daemon's event stream (`GET /v1/events`).
+    fn events(&self) -> EventStream {
+        use tungstenite::client::IntoClientRequest;
+        let url = format!("{}/v1/events", self.api.replacen("http://", "ws://", 1));
+        let mut request = url.as_str().into_client_request().expect("events URL");
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", self.token)
+                .parse()
+                .expect("token header"),
         );
-        list.as_array()
-            .is_some_and(|list| list.iter().any(|m| m["id"] == id))
+        let (socket, _) = tungstenite::connect(request).expect("event stream");
+        EventStream { socket }
     }
 
     fn head(&self, conversation: &str) -> Option<String> {
@@ -236,20 +233,27 @@ fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// Blocks until `node` lists message `id` among its newest, and returns
-/// when it saw it. The one notification source of the latency benchmark.
-fn observe_message(node: &Node, conversation: &str, id: &str) -> Instant {
-    let deadline = Instant::now() + DEADLINE;
+/// One daemon's event stream, read by the latency benchmark.
+struct EventStream {
+    socket: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+}
+
+/// Blocks until `events` carries the `message` event of message `id`, and
+/// returns when it did. The one notification source of the latency benchmark.
+fn observe_message(events: &mut EventStream, id: &str) -> Instant {
     loop {
-        if node.lists(conversation, id) {
+        let frame = events.socket.read().expect("event stream open");
+        let tungstenite::Message::Text(text) = frame else {
+            continue;
+        };
+        let event: Value = serde_json::from_str(&text).expect("event JSON");
+        if event["type"] == "message" && event["id"] == id {
             return Instant::now();
         }
-        assert!(
-            Instant::now() < deadline,
-            "{id} never reached {}",
-            node.name
+        assert_ne!(
+            event["type"], "lagged",
+            "the benchmark fell behind its stream"
         );
-        std::thread::sleep(POLL_INTERVAL);
     }
 }
 
@@ -309,9 +313,10 @@ fn ms(d: Duration) -> String {
 fn latency(root: &Path) -> Vec<(String, String)> {
     let (nodes, id) = swarm_of(root, &["alice", "bob"]);
     let (alice, bob) = (&nodes[0], &nodes[1]);
+    let mut bob_events = bob.events();
     for i in 0..LATENCY_WARM_UP {
         let sent = alice.send(&id, &format!("warm-up {i}"));
-        observe_message(bob, &id, &sent);
+        observe_message(&mut bob_events, &sent);
     }
     let count = scaled(LATENCY_MESSAGES);
     let mut samples = Vec::with_capacity(count);
@@ -320,13 +325,13 @@ fn latency(root: &Path) -> Vec<(String, String)> {
         let began = Instant::now();
         let sent = alice.send(&id, &format!("latency {i}"));
         acks.push(began.elapsed());
-        samples.push(observe_message(bob, &id, &sent) - began);
+        samples.push(observe_message(&mut bob_events, &sent) - began);
     }
     samples.sort();
     acks.sort();
     vec![
         (
-            format!("latency: API call on alice → visible on bob, p50 (n={count})"),
+            format!("latency: API call on alice → WebSocket event on bob, p50 (n={count})"),
             ms(percentile(&samples, 0.5)),
         ),
         ("latency: p99".into(), ms(percentile(&samples, 0.99))),
