@@ -80,6 +80,9 @@ impl Node {
             .env_remove("STARLING_API")
             .env_remove("STARLING_LISTEN")
             .env("STARLING_PEERS", self.peers.join(","))
+            // No test touches the public DHT or another test's LAN.
+            .env("STARLING_MDNS", "false")
+            .env("STARLING_DHT", "false")
             .env("STARLING_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

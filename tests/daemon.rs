@@ -72,7 +72,15 @@ fn daemon_serves_its_identity_guards_the_api_and_stops_cleanly() {
     // One daemon per data dir.
     let second = starling(
         &dir,
-        &["up", "--api", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+        &[
+            "up",
+            "--no-mdns",
+            "--no-dht",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ],
     );
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already runs"));
@@ -90,7 +98,15 @@ fn daemon_refuses_to_start_without_an_account_or_with_a_bad_config() {
     let tmp = tempfile::tempdir().unwrap();
     let empty = starling(
         &tmp.path().join("empty"),
-        &["up", "--api", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+        &[
+            "up",
+            "--no-mdns",
+            "--no-dht",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ],
     );
     assert!(!empty.status.success());
     assert!(String::from_utf8_lossy(&empty.stderr).contains("no account"));

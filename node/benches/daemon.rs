@@ -122,6 +122,9 @@ impl Node {
             .env_remove("STARLING_API")
             .env_remove("STARLING_LISTEN")
             .env("STARLING_PEERS", peers.join(","))
+            // Loopback only: no public DHT, no mDNS.
+            .env("STARLING_MDNS", "false")
+            .env("STARLING_DHT", "false")
             .env(
                 "STARLING_LOG",
                 std::env::var("STARLING_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
