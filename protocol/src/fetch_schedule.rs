@@ -11,7 +11,12 @@
 //! - a failed or timed-out fetch is retried from another announcer; when all
 //!   have failed, the head waits for a fresh announcement (anti-entropy
 //!   brings one), so no wanted head is ever dropped while someone offers it;
-//! - after every fetch the caller says which wanted heads it now holds.
+//! - after every fetch the caller says which wanted heads it now holds. A
+//!   successful fetch brings the peer's *current* head, which contains
+//!   everything it announced before (a peer never rewrites history), though
+//!   not always the very commits: it may have moved on to an equivalent merge.
+//!   So a successful fetch also withdraws the peer's earlier announcements;
+//!   retrying them would fetch the same head again and again.
 //!
 //! Generic over the peer and head types so the rules are tested on small
 //! values; time comes in as `Instant`s.
@@ -38,16 +43,26 @@ pub struct StartFetch<P, H> {
 
 #[derive(Debug, Clone)]
 struct Wanted<P> {
-    announcers: BTreeSet<P>,
+    /// Announcer → sequence number of its latest announcement of the head.
+    announcers: BTreeMap<P, u64>,
     failed: BTreeSet<P>,
+}
+
+#[derive(Debug, Clone)]
+struct InFlight<H> {
+    head: H,
+    /// Announcements numbered up to this one came before the fetch began.
+    since: u64,
+    deadline: Instant,
 }
 
 /// The scheduler for one swarm.
 #[derive(Debug, Clone)]
 pub struct FetchScheduler<P, H> {
     wanted: BTreeMap<H, Wanted<P>>,
-    /// peer → (head asked for, deadline)
-    in_flight: BTreeMap<P, (H, Instant)>,
+    in_flight: BTreeMap<P, InFlight<H>>,
+    /// Numbers announcements, to tell those before a fetch from those during it.
+    announcements: u64,
     dropped_announcements: u64,
 }
 
@@ -56,6 +71,7 @@ impl<P: Ord + Clone, H: Ord + Clone> Default for FetchScheduler<P, H> {
         Self {
             wanted: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            announcements: 0,
             dropped_announcements: 0,
         }
     }
@@ -75,6 +91,8 @@ impl<P: Ord + Clone, H: Ord + Clone> FetchScheduler<P, H> {
         held: impl Fn(&H) -> bool,
         now: Instant,
     ) -> Vec<StartFetch<P, H>> {
+        self.announcements += 1;
+        let number = self.announcements;
         for head in heads {
             if held(head) {
                 continue;
@@ -84,15 +102,16 @@ impl<P: Ord + Clone, H: Ord + Clone> FetchScheduler<P, H> {
                 continue;
             }
             let wanted = self.wanted.entry(head.clone()).or_insert_with(|| Wanted {
-                announcers: BTreeSet::new(),
+                announcers: BTreeMap::new(),
                 failed: BTreeSet::new(),
             });
             // A fresh announcement forgives an earlier failure: the peer may
             // have been restarting.
             wanted.failed.remove(peer);
-            if wanted.announcers.len() < ANNOUNCERS_PER_HEAD_MAX || wanted.announcers.contains(peer)
+            if wanted.announcers.len() < ANNOUNCERS_PER_HEAD_MAX
+                || wanted.announcers.contains_key(peer)
             {
-                wanted.announcers.insert(peer.clone());
+                wanted.announcers.insert(peer.clone(), number);
             }
         }
         self.schedule(now)
@@ -106,14 +125,25 @@ impl<P: Ord + Clone, H: Ord + Clone> FetchScheduler<P, H> {
         held: impl Fn(&H) -> bool,
         now: Instant,
     ) -> Vec<StartFetch<P, H>> {
-        if let Some((head, _)) = self.in_flight.remove(peer) {
-            if !succeeded {
-                if let Some(wanted) = self.wanted.get_mut(&head) {
-                    wanted.failed.insert(peer.clone());
+        if let Some(fetch) = self.in_flight.remove(peer) {
+            if succeeded {
+                // What it announced before the fetch began, it brought (or
+                // something containing it); what it announced since, not yet.
+                for wanted in self.wanted.values_mut() {
+                    if wanted
+                        .announcers
+                        .get(peer)
+                        .is_some_and(|n| *n <= fetch.since)
+                    {
+                        wanted.announcers.remove(peer);
+                    }
                 }
+            } else if let Some(wanted) = self.wanted.get_mut(&fetch.head) {
+                wanted.failed.insert(peer.clone());
             }
         }
-        self.wanted.retain(|head, _| !held(head));
+        self.wanted
+            .retain(|head, w| !held(head) && !w.announcers.is_empty());
         self.schedule(now)
     }
 
@@ -133,12 +163,12 @@ impl<P: Ord + Clone, H: Ord + Clone> FetchScheduler<P, H> {
         let expired: Vec<P> = self
             .in_flight
             .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
+            .filter(|(_, fetch)| fetch.deadline <= now)
             .map(|(p, _)| p.clone())
             .collect();
         for peer in expired {
-            if let Some((head, _)) = self.in_flight.remove(&peer) {
-                if let Some(wanted) = self.wanted.get_mut(&head) {
+            if let Some(fetch) = self.in_flight.remove(&peer) {
+                if let Some(wanted) = self.wanted.get_mut(&fetch.head) {
                     wanted.failed.insert(peer);
                 }
             }
@@ -153,7 +183,7 @@ impl<P: Ord + Clone, H: Ord + Clone> FetchScheduler<P, H> {
 
     /// Fetches running, as (peer, head).
     pub fn in_flight(&self) -> impl Iterator<Item = (&P, &H)> {
-        self.in_flight.iter().map(|(p, (h, _))| (p, h))
+        self.in_flight.iter().map(|(p, fetch)| (p, &fetch.head))
     }
 
     /// Announcements of unknown heads dropped because [`WANTED_HEADS_MAX`] was reached.
@@ -163,7 +193,7 @@ impl<P: Ord + Clone, H: Ord + Clone> FetchScheduler<P, H> {
 
     fn schedule(&mut self, now: Instant) -> Vec<StartFetch<P, H>> {
         let mut started = Vec::new();
-        let being_fetched: BTreeSet<H> = self.in_flight.values().map(|(h, _)| h.clone()).collect();
+        let being_fetched: BTreeSet<H> = self.in_flight.values().map(|f| f.head.clone()).collect();
         for (head, wanted) in &self.wanted {
             if self.in_flight.len() >= FETCHES_IN_FLIGHT_MAX {
                 break;
@@ -173,11 +203,17 @@ impl<P: Ord + Clone, H: Ord + Clone> FetchScheduler<P, H> {
             }
             let candidate = wanted
                 .announcers
-                .iter()
+                .keys()
                 .find(|p| !wanted.failed.contains(*p) && !self.in_flight.contains_key(*p));
             if let Some(peer) = candidate {
-                self.in_flight
-                    .insert(peer.clone(), (head.clone(), now + FETCH_TIMEOUT));
+                self.in_flight.insert(
+                    peer.clone(),
+                    InFlight {
+                        head: head.clone(),
+                        since: self.announcements,
+                        deadline: now + FETCH_TIMEOUT,
+                    },
+                );
                 started.push(StartFetch {
                     peer: peer.clone(),
                     head: head.clone(),
@@ -246,6 +282,39 @@ mod tests {
         assert_eq!(s.in_flight().count(), 0);
     }
 
+    /// The loop the simulator found: a peer announced a head, then moved on
+    /// to an equivalent merge; every fetch from it succeeded without
+    /// bringing that exact commit, and the head was fetched again at once,
+    /// thousands of times a minute.
+    #[test]
+    fn a_successful_fetch_withdraws_the_peers_earlier_announcements() {
+        let mut s = FetchScheduler::<u8, u32>::new();
+        assert_eq!(
+            s.heads_announced(&1, &[5], |_| false, t0()),
+            vec![StartFetch { peer: 1, head: 5 }]
+        );
+        s.heads_announced(&2, &[5], |_| false, t0());
+        assert_eq!(
+            s.fetch_finished(&1, true, |_| false, t0()),
+            vec![StartFetch { peer: 2, head: 5 }],
+            "not from peer 1 again; peer 2 still offers it"
+        );
+        assert!(s.fetch_finished(&2, true, |_| false, t0()).is_empty());
+        assert_eq!(s.wanted().count(), 0, "nobody offers it any more");
+    }
+
+    #[test]
+    fn an_announcement_made_during_a_fetch_survives_it() {
+        let mut s = FetchScheduler::<u8, u32>::new();
+        s.heads_announced(&1, &[5], |_| false, t0());
+        // Peer 1 moves on while we fetch from it.
+        assert!(s.heads_announced(&1, &[6], |_| false, t0()).is_empty());
+        assert_eq!(
+            s.fetch_finished(&1, true, |h| *h == 5, t0()),
+            vec![StartFetch { peer: 1, head: 6 }]
+        );
+    }
+
     #[derive(Debug, Clone)]
     enum Event {
         Announce { peer: u8, heads: Vec<u8> },
@@ -269,19 +338,22 @@ mod tests {
         #[test]
         fn invariants_hold_under_any_schedule(events in proptest::collection::vec(event(), 0..200)) {
             let mut s = FetchScheduler::<u8, u8>::new();
-            // A successful fetch from a peer brings every head it announced.
+            // A successful fetch from a peer brings every head it announced
+            // before the fetch began, and none it announced during it.
             let held = RefCell::new(BTreeSet::<u8>::new());
             let mut offered: BTreeMap<u8, BTreeSet<u8>> = BTreeMap::new();
+            let mut offered_at_start: BTreeMap<u8, BTreeSet<u8>> = BTreeMap::new();
             let mut now = t0();
             for event in events {
-                match event {
+                let busy_before: BTreeSet<u8> = s.in_flight().map(|(p, _)| *p).collect();
+                match event.clone() {
                     Event::Announce { peer, heads } => {
                         offered.entry(peer).or_default().extend(heads.iter().copied());
                         s.heads_announced(&peer, &heads, |h| held.borrow().contains(h), now);
                     }
                     Event::Finish { peer, succeeded } => {
-                        if succeeded && s.in_flight().any(|(p, _)| *p == peer) {
-                            held.borrow_mut().extend(offered.get(&peer).into_iter().flatten().copied());
+                        if succeeded && busy_before.contains(&peer) {
+                            held.borrow_mut().extend(offered_at_start.get(&peer).into_iter().flatten().copied());
                         }
                         s.fetch_finished(&peer, succeeded, |h| held.borrow().contains(h), now);
                     }
@@ -295,6 +367,19 @@ mod tests {
                     }
                 }
                 let in_flight: Vec<_> = s.in_flight().map(|(p, h)| (*p, *h)).collect();
+                // A fetch (re)started in this step brings what its peer
+                // offered so far. (After a tick, every running fetch is
+                // snapshot again: generous, never stricter than the truth.)
+                for (peer, _) in &in_flight {
+                    let restarted = match &event {
+                        Event::Finish { peer: p, .. } | Event::Gone { peer: p } => p == peer,
+                        Event::Tick { .. } => true,
+                        Event::Announce { .. } => false,
+                    };
+                    if restarted || !busy_before.contains(peer) {
+                        offered_at_start.insert(*peer, offered.get(peer).cloned().unwrap_or_default());
+                    }
+                }
                 prop_assert!(in_flight.len() <= FETCHES_IN_FLIGHT_MAX);
                 let busy_peers: BTreeSet<u8> = in_flight.iter().map(|(p, _)| *p).collect();
                 prop_assert_eq!(busy_peers.len(), in_flight.len(), "one fetch per peer");
@@ -305,7 +390,7 @@ mod tests {
                         if in_flight.iter().any(|(_, h)| h == head) {
                             continue;
                         }
-                        for peer in &wanted.announcers {
+                        for peer in wanted.announcers.keys() {
                             prop_assert!(wanted.failed.contains(peer) || busy_peers.contains(peer), "head {} idles while peer {} could serve it", head, peer);
                         }
                     }
