@@ -830,12 +830,17 @@ fn an_older_head_of_the_same_peer_is_stale_not_a_rewrite() {
     );
 }
 
-/// An inline pack (the objects of the batch that made a head) lets a peer
-/// that holds the parent take the head without a fetch; one that lacks the
-/// parent is refused and moves nothing (it fetches instead).
+/// An inline pack (the objects of the batch that made a head, relative to
+/// the head before it) lets a peer that holds that base take the head
+/// without a fetch; one that lacks the base refuses it before indexing
+/// anything, and a pack that lies about its base is removed again, so a
+/// fetch still brings the head whole (kept, its commits would sit in the
+/// object database without their history, and libgit2 never fetches what
+/// it already holds).
 #[test]
-fn an_inline_batch_pack_is_received_only_on_top_of_its_parent() {
+fn an_inline_batch_pack_is_received_only_on_top_of_its_base() {
     let mut p = pair(Mode::InvitesOnly);
+    let b_start = p.b.head().unwrap();
     p.a.author_staged(&p.a1, text_kind("one"), None, NOW)
         .unwrap();
     p.a.commit_staged().unwrap();
@@ -843,6 +848,7 @@ fn an_inline_batch_pack_is_received_only_on_top_of_its_parent() {
         p.a.take_batch_pack()
             .expect("a small batch has an inline pack");
     let first_head = p.a.head().unwrap();
+    assert_eq!((first.base, first.tip), (b_start, first_head));
     for i in 0..3 {
         p.a.author_staged(&p.a1, text_kind(&format!("m{i}")), None, NOW)
             .unwrap();
@@ -850,24 +856,80 @@ fn an_inline_batch_pack_is_received_only_on_top_of_its_parent() {
     p.a.commit_staged().unwrap();
     let second = p.a.take_batch_pack().expect("pack");
     let second_head = p.a.head().unwrap();
+    assert_eq!((second.base, second.tip), (first_head, second_head));
 
-    let before = head_oid(&p.b);
+    let packs_before = pack_count(&p.b_path);
+    let refused =
+        p.b.receive_pack("alice", second_head, second.base, &second.bytes, &p.b1, NOW);
     assert!(
-        p.b.receive_pack("alice", second_head, &second, &p.b1, NOW)
-            .is_err(),
-        "the second batch alone lacks its parent"
+        matches!(refused, Err(StoreError::PackBaseMissing(base)) if base == first_head),
+        "the second batch alone lacks its base: {refused:?}"
     );
-    assert_eq!(head_oid(&p.b), before, "a refused pack moves nothing");
+    assert_eq!(
+        head_oid(&p.b),
+        oid(&b_start),
+        "a refused pack moves nothing"
+    );
+    assert_eq!(pack_count(&p.b_path), packs_before, "and indexes nothing");
+
+    // A peer that lies about the base: the pack is indexed, validation
+    // misses the parent, and the pack goes again.
+    let lied =
+        p.b.receive_pack("alice", second_head, b_start, &second.bytes, &p.b1, NOW);
+    assert!(lied.is_err(), "the parent is missing: {lied:?}");
+    assert_eq!(head_oid(&p.b), oid(&b_start));
+    assert_eq!(
+        pack_count(&p.b_path),
+        packs_before,
+        "the lying pack is removed"
+    );
+    assert!(
+        p.b.repository().find_commit(oid(&second_head)).is_err(),
+        "no commit is left without its history"
+    );
+
     let report =
-        p.b.receive_pack("alice", first_head, &first, &p.b1, NOW)
-            .unwrap();
-    assert_eq!(report.accepted, 1);
+        p.b.receive_pack("alice", first_head, first.base, &first.bytes, &p.b1, NOW);
+    assert_eq!(report.unwrap().accepted, 1);
     let report =
-        p.b.receive_pack("alice", second_head, &second, &p.b1, NOW)
-            .unwrap();
-    assert_eq!(report.accepted, 3);
+        p.b.receive_pack("alice", second_head, second.base, &second.bytes, &p.b1, NOW);
+    assert_eq!(report.unwrap().accepted, 3);
     assert_eq!(p.b.head().unwrap(), second_head);
     assert_stock_git_accepts(&p.b, &p.b_path);
+}
+
+/// The bug the fleet test found: a head whose commits were indexed without
+/// their parent (an inline pack received out of order) could never be
+/// fetched again. Now the failed receipt leaves nothing behind and a fetch
+/// from the author brings everything.
+#[test]
+fn a_fetch_after_a_refused_inline_pack_brings_the_head_whole() {
+    let mut p = pair(Mode::InvitesOnly);
+    let b_start = p.b.head().unwrap();
+    p.a.send_text(&p.a1, "one", NOW).unwrap();
+    p.a.author_staged(&p.a1, text_kind("two"), None, NOW)
+        .unwrap();
+    p.a.commit_staged().unwrap();
+    let second = p.a.take_batch_pack().expect("pack");
+    let head = p.a.head().unwrap();
+    assert!(p
+        .b
+        .receive_pack("alice", head, b_start, &second.bytes, &p.b1, NOW)
+        .is_err());
+    let report = p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+    assert_eq!(report.accepted, 2);
+    assert_eq!(p.b.head().unwrap(), head);
+    assert_stock_git_accepts(&p.b, &p.b_path);
+}
+
+fn pack_count(repo: &std::path::Path) -> usize {
+    std::fs::read_dir(repo.join("objects/pack"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn text_kind(text: &str) -> BodyKind {

@@ -53,7 +53,7 @@ use crate::conversation::actor::{
 };
 use crate::conversation::history::DescribeHeadMove;
 use crate::conversation::{
-    Conversation, ConversationError, DeviceSigner, MessageItem, Role, Store, StoreError,
+    BatchPack, Conversation, ConversationError, DeviceSigner, MessageItem, Role, Store, StoreError,
     SwarmMetrics, SwarmView,
 };
 use crate::transport::{
@@ -273,7 +273,7 @@ impl Swarms {
         peer: DeviceId,
         conversation: CommitId,
         frame: SwarmFrame,
-        pack: Option<Arc<Vec<u8>>>,
+        pack: Option<Arc<BatchPack>>,
     ) {
         let Ok(name) = ChannelName::new(&format!("swarm/{}", conversation.to_hex())) else {
             return;
@@ -282,7 +282,10 @@ impl Swarms {
         actix::spawn(async move {
             match transport.send(OpenChannel { peer, name }).await {
                 Ok(Ok(channel)) => {
-                    let trailer = pack.as_deref().map(Vec::as_slice).unwrap_or_default();
+                    let trailer = pack
+                        .as_deref()
+                        .map(|p| p.bytes.as_slice())
+                        .unwrap_or_default();
                     if let Err(e) = send_frame_with(channel, &frame, trailer).await {
                         tracing::info!(%peer, error = %e, "swarm frame not delivered");
                     }
@@ -302,7 +305,12 @@ impl Swarms {
     /// Announces the head: with `pack` (the objects of the batch that made
     /// it) as `heads_pack`, else as `heads`; with `again`, even if this head
     /// was announced before (anti-entropy).
-    fn announce_with(&mut self, conversation: &CommitId, pack: Option<Arc<Vec<u8>>>, again: bool) {
+    fn announce_with(
+        &mut self,
+        conversation: &CommitId,
+        pack: Option<Arc<BatchPack>>,
+        again: bool,
+    ) {
         if self.tuning.drop_announcements {
             return;
         }
@@ -314,10 +322,13 @@ impl Swarms {
             return;
         }
         entry.announced = Some(head);
+        // The pack goes along only when it makes exactly the announced head.
+        let pack = pack.filter(|p| p.tip == head);
         let frame = match &pack {
             Some(pack) => SwarmFrame::HeadsPack {
                 heads: vec![head],
-                pack_bytes: pack.len(),
+                base: pack.base,
+                pack_bytes: pack.bytes.len(),
             },
             None => SwarmFrame::Heads { heads: vec![head] },
         };
@@ -805,7 +816,7 @@ impl Handler<FrameReceived> for Account {
         } = msg;
         match frame {
             SwarmFrame::Heads { heads } => heads_announced(self, ctx, conversation, peer, heads),
-            SwarmFrame::HeadsPack { heads, .. } => {
+            SwarmFrame::HeadsPack { heads, base, .. } => {
                 let (Some(pack), [head]) = (pack, heads.as_slice()) else {
                     return heads_announced(self, ctx, conversation, peer, heads);
                 };
@@ -818,6 +829,7 @@ impl Handler<FrameReceived> for Account {
                 let receive = ReceivePack {
                     peer: peer.device_id,
                     head: *head,
+                    base,
                     pack: Arc::new(pack),
                 };
                 ctx.spawn(entry.addr.send(receive).into_actor(self).map(

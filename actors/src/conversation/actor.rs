@@ -32,7 +32,7 @@ use starling_protocol::{AccountId, DeviceId};
 
 use super::metrics::SwarmMetrics;
 use super::sign::DeviceSigner;
-use super::store::{commit_id, oid, FetchReport, Store, StoreError};
+use super::store::{commit_id, oid, BatchPack, FetchReport, Store, StoreError};
 
 /// What went wrong in a conversation.
 #[derive(Debug, thiserror::Error)]
@@ -542,9 +542,9 @@ impl Handler<ReceiveQuarantined> for Conversation {
 pub struct BatchDurable {
     /// The swarm after the batch.
     pub view: SwarmView,
-    /// The batch's pack (its new objects only), when small enough to
-    /// announce inline.
-    pub pack: Option<Arc<Vec<u8>>>,
+    /// The batch's pack (relative to the head before it), when small
+    /// enough to announce inline.
+    pub pack: Option<Arc<BatchPack>>,
 }
 
 /// Receives `head` from `peer` with the objects of an inline pack
@@ -556,6 +556,8 @@ pub struct ReceivePack {
     pub peer: DeviceId,
     /// The announced head.
     pub head: CommitId,
+    /// The commit the pack is relative to.
+    pub base: CommitId,
     /// The pack that came with it.
     pub pack: Arc<Vec<u8>>,
 }
@@ -575,7 +577,7 @@ impl Handler<ReceivePack> for Conversation {
                     merged: false,
                 }
             } else {
-                store.receive_pack(&peer, msg.head, &msg.pack, signer, now_secs())?
+                store.receive_pack(&peer, msg.head, msg.base, &msg.pack, signer, now_secs())?
             };
             let head = oid(&store.head()?);
             let held = [msg.head]

@@ -123,6 +123,58 @@ impl Staging {
     }
 }
 
+impl Staging {
+    /// Writes every object reachable from `tip` and not from `base` into one
+    /// pack in `repo`, fsync'd, then empties the staging area. Returns that
+    /// pack: unlike a dump of the staging area, it also carries objects the
+    /// object database held already (libgit2 writes an existing object only
+    /// once, so a batch's tree may never have been staged), which makes it
+    /// complete for any peer that holds `base`. `base` must be an ancestor
+    /// of `tip`; staged objects `tip` does not reach are dropped (nothing
+    /// refers to them).
+    pub fn persist_range(
+        &mut self,
+        repo: &Repository,
+        tip: Oid,
+        base: Oid,
+    ) -> Result<Vec<u8>, git2::Error> {
+        let mut walk = repo.revwalk()?;
+        walk.push(tip)?;
+        walk.hide(base)?;
+        let mut builder = repo.packbuilder()?;
+        builder.insert_walk(&mut walk)?;
+        let mut pack = git2::Buf::new();
+        builder.write_buf(&mut pack)?;
+        write_pack(repo, &pack)?;
+        self.mempack.reset()?;
+        Ok(pack.to_vec())
+    }
+}
+
+/// The file name libgit2 gives the pack `pack` once indexed: its trailing
+/// checksum.
+pub fn pack_file_name(pack: &[u8]) -> Option<String> {
+    pack.len()
+        .checked_sub(20)
+        .map(|at| format!("pack-{}.pack", hex_of(&pack[at..])))
+}
+
+/// Whether `pack` (the same bytes) is indexed in `repo` already.
+pub fn pack_is_indexed(repo: &Repository, pack: &[u8]) -> bool {
+    pack_file_name(pack).is_some_and(|name| pack_dir(repo).join(name).exists())
+}
+
+/// Removes the indexed copy of `pack` (pack and index) from `repo`. Only for
+/// a pack whose objects nothing refers to yet.
+pub fn remove_pack(repo: &Repository, pack: &[u8]) -> std::io::Result<()> {
+    let Some(name) = pack_file_name(pack) else {
+        return Ok(());
+    };
+    let path = pack_dir(repo).join(name);
+    std::fs::remove_file(path.with_extension("idx"))?;
+    std::fs::remove_file(path)
+}
+
 /// Indexes `pack` into `repo`'s object database (fsync'd: libgit2's switch).
 /// libgit2's indexer checks the pack's format and checksums; a pack from a
 /// peer is no more trusted than a fetched one: nothing references its
@@ -227,10 +279,7 @@ pub fn consolidate_packs(repo: &Repository) -> Result<usize, git2::Error> {
     // The new pack is fsync'd (libgit2's switch); only now drop the old ones,
     // never the new one (libgit2 names a pack after its trailing checksum; a
     // merge identical to an old pack would share its name).
-    let new_name = bytes
-        .len()
-        .checked_sub(20)
-        .map(|at| format!("pack-{}.pack", hex_of(&bytes[at..])));
+    let new_name = pack_file_name(&bytes);
     for pack in &merged {
         let is_new = pack
             .pack

@@ -18,4 +18,4 @@ pub mod store;
 pub use actor::{Conversation, ConversationError, MessageItem, Role, SwarmView};
 pub use metrics::SwarmMetrics;
 pub use sign::{DeviceSigner, SignerError};
-pub use store::{FetchReport, MessageView, Store, StoreError};
+pub use store::{BatchPack, FetchReport, MessageView, Store, StoreError};

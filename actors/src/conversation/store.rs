@@ -100,6 +100,8 @@ pub enum StoreError {
     BadPeerName(String),
     #[error("commit {0} body is unreadable: {1}")]
     Body(CommitId, String),
+    #[error("inline pack is relative to {0}, which our head does not contain")]
+    PackBaseMissing(CommitId),
 }
 
 /// The outcome of receiving a peer's head.
@@ -113,6 +115,18 @@ pub struct FetchReport {
     pub head: CommitId,
     /// Whether we made a merge commit.
     pub merged: bool,
+}
+
+/// The objects of one durable batch, as announced inline (`heads_pack`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPack {
+    /// The head before the batch: the pack holds every object reachable
+    /// from `tip` and not from `base`.
+    pub base: CommitId,
+    /// The head the batch made.
+    pub tip: CommitId,
+    /// The pack.
+    pub bytes: Vec<u8>,
 }
 
 /// One entry of a history page.
@@ -160,7 +174,7 @@ pub struct Store {
     /// Head of the commits staged but not yet durable (`None`: nothing staged).
     staged_head: Option<Oid>,
     /// The pack of the last durable batch, if small enough to announce inline.
-    batch_pack: Option<Vec<u8>>,
+    batch_pack: Option<BatchPack>,
     repo: Repository,
     conversation: CommitId,
     /// Tree id → parsed state (trees are shared by every message commit).
@@ -633,38 +647,46 @@ impl Store {
         let Some(staged) = self.staged_head else {
             return Ok(None);
         };
-        let pack = self.staging.persist(&self.repo)?;
         let disk_head = self.repo.refname_to_id(HEAD_REF)?;
         // Compare-and-swap: the head must still be what the staged chain was
         // built on, or moving it would silently drop whatever moved it.
-        if disk_head != staged && !self.repo.graph_descendant_of(staged, disk_head)? {
+        if disk_head == staged || !self.repo.graph_descendant_of(staged, disk_head)? {
             return Err(StoreError::NotAConversation(format!(
                 "head moved to {disk_head} under staged commits"
             )));
         }
+        let pack = self.staging.persist_range(&self.repo, staged, disk_head)?;
         self.repo
             .reference_matching(HEAD_REF, staged, true, disk_head, "author")?;
         self.staged_head = None;
-        self.batch_pack = pack.filter(|p| p.len() <= INLINE_PACK_BYTES_MAX);
+        self.batch_pack = (pack.len() <= INLINE_PACK_BYTES_MAX).then(|| BatchPack {
+            base: commit_id(disk_head),
+            tip: commit_id(staged),
+            bytes: pack,
+        });
         self.consolidate_packs();
         Ok(Some(commit_id(staged)))
     }
 
     /// The pack of the batch [`Store::commit_staged`] last made durable (its
     /// new objects only), when it fits in a `heads_pack` frame.
-    pub fn take_batch_pack(&mut self) -> Option<Vec<u8>> {
+    pub fn take_batch_pack(&mut self) -> Option<BatchPack> {
         self.batch_pack.take()
     }
 
     /// Receives `head` from `peer` with the objects of `pack` (a
-    /// `heads_pack` announcement): indexes the pack, then validates and
-    /// merges exactly as [`Store::receive`] does for fetched objects. Fails
-    /// (and moves nothing) when the pack lacks something validation needs,
-    /// e.g. a parent the receiver never got: the caller then fetches.
+    /// `heads_pack` announcement, relative to `base`): indexes the pack,
+    /// then validates and merges exactly as [`Store::receive`] does for
+    /// fetched objects. Refuses (touching nothing) when our head does not
+    /// contain `base`: the pack would leave commits without their history.
+    /// When the pack still lacks something validation needs (a peer that
+    /// lied about `base`), it fails, moves nothing and removes the pack
+    /// again: the caller then fetches.
     pub fn receive_pack(
         &mut self,
         peer: &str,
         head: CommitId,
+        base: CommitId,
         pack: &[u8],
         signer: &DeviceSigner,
         now_secs: i64,
@@ -676,8 +698,43 @@ impl Store {
                 what: format!("inline pack of {} bytes", pack.len()),
             });
         }
+        let ours = self.repo.refname_to_id(HEAD_REF)?;
+        let base_id = oid(&base);
+        let holds_base = base_id == ours
+            || (self.repo.find_commit(base_id).is_ok()
+                && self.repo.graph_descendant_of(ours, base_id)?);
+        if !holds_base {
+            return Err(StoreError::PackBaseMissing(base));
+        }
+        let indexed_before = durable::pack_is_indexed(&self.repo, pack);
+        let peer_head = self.repo.refname_to_id(&peer_ref(peer)).ok();
         durable::write_pack(&self.repo, pack)?;
-        self.receive(peer, oid(&head), signer, now_secs)
+        let result = self.receive(peer, oid(&head), signer, now_secs);
+        let untouched = || {
+            self.repo.refname_to_id(HEAD_REF).ok() == Some(ours)
+                && self.repo.refname_to_id(&peer_ref(peer)).ok() == peer_head
+        };
+        if result.is_err() && !indexed_before && untouched() {
+            // Nothing refers to its objects. Kept, a commit without its
+            // history would sit in the object database, and libgit2 never
+            // fetches an object it already holds: that head could not be
+            // fetched whole again.
+            match durable::remove_pack(&self.repo, pack) {
+                // This handle's object database still lists the pack.
+                Ok(()) => self.reopen()?,
+                Err(e) => tracing::warn!(error = %e, "incomplete inline pack not removed"),
+            }
+        }
+        result
+    }
+
+    /// Opens the repository afresh (a new object database: one that only
+    /// knows the packs on disk now). Nothing may be staged.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        let repo = durable::open_bare(self.repo.path())?;
+        self.staging = Staging::attach(&repo)?;
+        self.repo = repo;
+        Ok(())
     }
 
     /// Makes objects written through [`Store::repository`] durable (for tests

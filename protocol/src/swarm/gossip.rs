@@ -58,6 +58,12 @@ pub enum SwarmFrame {
         /// Head commit ids.
         #[serde(with = "hex_ids")]
         heads: Vec<CommitId>,
+        /// The commit the pack is relative to: it holds every object
+        /// reachable from the heads and not from `base`. A receiver that
+        /// does not hold `base` must not index it (it would hold commits
+        /// without their history) and fetches instead.
+        #[serde(with = "hex_id")]
+        base: CommitId,
         /// Length of the pack that follows the frame, in bytes.
         pack_bytes: usize,
     },
@@ -138,6 +144,22 @@ impl SwarmFrame {
     }
 }
 
+mod hex_id {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::swarm::ids::CommitId;
+
+    pub fn serialize<S: Serializer>(id: &CommitId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&id.to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<CommitId, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 mod hex_ids {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -183,6 +205,7 @@ mod tests {
         assert_eq!(roundtrip(&invite), invite);
         let with_pack = SwarmFrame::HeadsPack {
             heads: vec![id(3)],
+            base: id(2),
             pack_bytes: INLINE_PACK_BYTES_MAX,
         };
         assert_eq!(roundtrip(&with_pack), with_pack);
