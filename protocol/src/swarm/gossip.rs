@@ -15,14 +15,15 @@
 //!   invited accounts fetch. The title is a hint for display only; the
 //!   repository is the truth.
 //!
-//! - `{"type":"heads_pack","heads":[…],"pack_bytes":N}` followed, on the
-//!   same stream after the frame, by exactly `N` bytes (at most
-//!   [`INLINE_PACK_BYTES_MAX`]): a self-contained Git pack (version 2, no
-//!   deltas against objects outside it) holding the commits, trees and blobs
-//!   the sender just made durable, so a receiver that holds their parents
-//!   needs no fetch. The receiver quarantines and validates them exactly as
-//!   fetched objects; when it lacks a parent (or anything fails) it falls
-//!   back to fetching the announced heads over `git/<id>`.
+//! - `{"type":"heads_pack","heads":[…],"base":"…","pack_bytes":N}`
+//!   followed, on the same stream after the frame, by exactly `N` bytes (at
+//!   most [`INLINE_PACK_BYTES_MAX`]): a self-contained Git pack (version 2,
+//!   no deltas against objects outside it) holding every object reachable
+//!   from the head and not from `base`, the sender's head before the batch,
+//!   so a receiver that holds `base` needs no fetch. The receiver validates
+//!   them exactly as fetched objects; when it does not hold `base` (or
+//!   anything fails) it falls back to fetching the announced heads over
+//!   `git/<id>`.
 //!
 //! Unknown types decode to an error, which the receiver counts and ignores.
 
@@ -253,7 +254,7 @@ mod tests {
             SwarmFrame::payload_len(((SWARM_FRAME_BYTES_MAX + 1) as u32).to_be_bytes()),
             Err(FrameError::TooLarge { .. })
         ));
-        let oversize = br#"{"type":"heads_pack","heads":[],"pack_bytes":65537}"#;
+        let oversize = br#"{"type":"heads_pack","heads":[],"base":"0000000000000000000000000000000000000000","pack_bytes":65537}"#;
         assert!(matches!(
             SwarmFrame::decode_payload(oversize),
             Err(FrameError::PackTooLarge { found: 65537 })
