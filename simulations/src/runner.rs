@@ -349,11 +349,34 @@ fn bar(progress: Progress, len: u64, what: &str) -> ProgressBar {
     }
 }
 
+/// Where nodes' data directories go: `STARLING_SIM_DATA` if set, else a
+/// tmpfs (`/dev/shm`) where there is one, else the temporary directory. The
+/// nodes fsync every batch and every ref as a daemon does; on a disk, a
+/// hundred nodes on one machine would measure the disk, not the swarm.
+fn data_root() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("STARLING_SIM_DATA") {
+        return dir.into();
+    }
+    let shm = std::path::Path::new("/dev/shm");
+    let writable = shm.is_dir()
+        && tempfile::Builder::new()
+            .prefix("starling-sim-probe-")
+            .tempfile_in(shm)
+            .is_ok();
+    if writable {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 async fn run(scenario: Scenario, variant: Variant, progress: Progress) -> anyhow::Result<Outcome> {
     let began = Instant::now();
     let plan = plan(&scenario, &variant.topology);
     let n = plan.names.len();
-    let data = tempfile::Builder::new().prefix("starling-sim-").tempdir()?;
+    let data = tempfile::Builder::new()
+        .prefix("starling-sim-")
+        .tempdir_in(data_root())?;
     // Certificates start a minute ago so commits made now are inside them.
     let issued = SystemTime::now() - Duration::from_secs(60);
     let mut specs = Vec::with_capacity(n);
