@@ -939,3 +939,43 @@ fn text_kind(text: &str) -> BodyKind {
         edit_of: None,
     }
 }
+
+/// The generation-pruned ancestry walk answers as libgit2's merge-base
+/// search does, on a history with concurrent branches and merges.
+#[test]
+fn descends_agrees_with_libgit2_on_a_criss_cross_history() {
+    let mut p = pair(Mode::InvitesOnly);
+    for round in 0..4 {
+        p.a.send_text(&p.a1, &format!("a{round}"), NOW).unwrap();
+        p.b.send_text(&p.b1, &format!("b{round}"), NOW).unwrap();
+        p.b.send_text(&p.b1, &format!("b{round}'"), NOW).unwrap();
+        p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
+        p.b.send_text(&p.b1, &format!("b{round}''"), NOW).unwrap();
+        p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+    }
+    p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
+    let commits: Vec<_> = {
+        let repo = p.a.repository();
+        let mut walk = repo.revwalk().unwrap();
+        walk.push(head_oid(&p.a)).unwrap();
+        walk.map(Result::unwrap).collect()
+    };
+    assert!(commits.len() > 20, "{} commits", commits.len());
+    let merges = commits
+        .iter()
+        .filter(|id| p.a.repository().find_commit(**id).unwrap().parent_count() > 1)
+        .count();
+    assert!(merges >= 4, "{merges} merges");
+    for x in &commits {
+        for y in &commits {
+            let expected = x == y || p.a.repository().graph_descendant_of(*x, *y).unwrap();
+            assert_eq!(
+                p.a.descends(*x, *y).unwrap(),
+                expected,
+                "{x} descends from {y}"
+            );
+        }
+    }
+    let stranger = git2::Oid::from_bytes(&[7; 20]).unwrap();
+    assert!(!p.a.descends(head_oid(&p.a), stranger).unwrap());
+}

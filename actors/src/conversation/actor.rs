@@ -339,11 +339,10 @@ fn view_of(store: &mut Store) -> Result<SwarmView, StoreError> {
 
 /// Whether accepted history (reachable from `head`) has `id`. Objects that
 /// are merely in the object database (quarantined, rejected) do not count.
-fn holds(store: &Store, head: git2::Oid, id: &CommitId) -> bool {
+fn holds(store: &mut Store, head: git2::Oid, id: &CommitId) -> bool {
     let id = oid(id);
-    let repo = store.repository();
     id == head
-        || (repo.find_commit(id).is_ok() && repo.graph_descendant_of(head, id).unwrap_or(false))
+        || (store.repository().find_commit(id).is_ok() && store.descends(head, id).unwrap_or(false))
 }
 
 /// Asks for the swarm's current [`SwarmView`].

@@ -420,14 +420,13 @@ impl Store {
     }
 
     fn generation(&mut self, id: Oid) -> Result<u64, StoreError> {
-        if let Some(g) = self.generations.get(&id) {
-            return Ok(*g);
-        }
-        let commit = self.repo.find_commit(id)?;
-        let body = parse_body(commit.message_raw_bytes())
-            .map_err(|e| StoreError::Body(commit_id(id), e.to_string()))?;
-        self.generations.insert(id, body.generation());
-        Ok(body.generation())
+        generation_in(&self.repo, &mut self.generations, id)
+    }
+
+    /// Whether `ancestor` is `descendant` or an ancestor of it (see
+    /// [`descends`]).
+    pub fn descends(&mut self, descendant: Oid, ancestor: Oid) -> Result<bool, StoreError> {
+        descends(&self.repo, &mut self.generations, descendant, ancestor)
     }
 
     fn tree_of(&mut self, id: Oid) -> Result<Oid, StoreError> {
@@ -700,9 +699,7 @@ impl Store {
         }
         let ours = self.repo.refname_to_id(HEAD_REF)?;
         let base_id = oid(&base);
-        let holds_base = base_id == ours
-            || (self.repo.find_commit(base_id).is_ok()
-                && self.repo.graph_descendant_of(ours, base_id)?);
+        let holds_base = self.repo.find_commit(base_id).is_ok() && self.descends(ours, base_id)?;
         if !holds_base {
             return Err(StoreError::PackBaseMissing(base));
         }
@@ -804,7 +801,7 @@ impl Store {
             "staged commits are made durable before a receive"
         );
         if let Ok(old) = self.repo.refname_to_id(&peer_ref(peer)) {
-            if old != theirs && self.repo.graph_descendant_of(old, theirs)? {
+            if old != theirs && self.descends(old, theirs)? {
                 // A stale announcement: a fetch that started before an
                 // inline pack brought a newer head from the same peer.
                 // Nothing to do, and no rewrite.
@@ -871,7 +868,8 @@ impl Store {
         let ours = self.repo.refname_to_id(HEAD_REF)?;
         let mut memo = HashMap::new();
         let plan = plan_head(commit_id(ours), commit_id(theirs), |t, x| {
-            contains_memo(&self.repo, oid(t), oid(x), &mut memo).unwrap_or(false)
+            contains_memo(&self.repo, &mut self.generations, oid(t), oid(x), &mut memo)
+                .unwrap_or(false)
         });
         match plan {
             HeadPlan::Keep => Ok(false),
@@ -973,8 +971,8 @@ impl Store {
     }
 
     /// Content containment (see `starling_protocol::swarm::merge`).
-    pub fn contains(&self, t: Oid, x: Oid) -> Result<bool, StoreError> {
-        contains_memo(&self.repo, t, x, &mut HashMap::new())
+    pub fn contains(&mut self, t: Oid, x: Oid) -> Result<bool, StoreError> {
+        contains_memo(&self.repo, &mut self.generations, t, x, &mut HashMap::new())
     }
 
     /// Makes and validates the merge commit of `a` and `b` (ordered by id).
@@ -1208,17 +1206,69 @@ fn fetch_into_quarantine(repo: &Repository, remote: &Path, peer: &str) -> Result
     Ok(repo.refname_to_id(&quarantine_ref(peer))?)
 }
 
+/// Whether `ancestor` is `descendant` or one of its ancestors. Walks only
+/// commits newer (by generation) than `ancestor`: validation ties every
+/// accepted commit's generation to its parents' (the greatest plus one), so
+/// nothing older can lead to it. libgit2's `graph_descendant_of` is a
+/// merge-base search without generation numbers, which in a swarm's
+/// criss-cross history may walk all of it, and it ran for every announced
+/// head. An `ancestor` whose body cannot be read is in no accepted history.
+fn descends(
+    repo: &Repository,
+    generations: &mut HashMap<Oid, u64>,
+    descendant: Oid,
+    ancestor: Oid,
+) -> Result<bool, StoreError> {
+    if descendant == ancestor {
+        return Ok(true);
+    }
+    let Ok(floor) = generation_in(repo, generations, ancestor) else {
+        return Ok(false);
+    };
+    let mut seen = HashSet::new();
+    let mut stack = vec![descendant];
+    while let Some(id) = stack.pop() {
+        for parent in repo.find_commit(id)?.parent_ids() {
+            if parent == ancestor {
+                return Ok(true);
+            }
+            if seen.insert(parent) && generation_in(repo, generations, parent)? > floor {
+                stack.push(parent);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// A commit's generation (from its body), through the store's cache.
+fn generation_in(
+    repo: &Repository,
+    generations: &mut HashMap<Oid, u64>,
+    id: Oid,
+) -> Result<u64, StoreError> {
+    if let Some(g) = generations.get(&id) {
+        return Ok(*g);
+    }
+    let commit = repo.find_commit(id)?;
+    let body = parse_body(commit.message_raw_bytes())
+        .map_err(|e| StoreError::Body(commit_id(id), e.to_string()))?;
+    generations.insert(id, body.generation());
+    Ok(body.generation())
+}
+
 fn contains_memo(
     repo: &Repository,
+    generations: &mut HashMap<Oid, u64>,
     t: Oid,
     x: Oid,
     memo: &mut HashMap<Oid, bool>,
 ) -> Result<bool, StoreError> {
-    contains_depth(repo, t, x, memo, 0)
+    contains_depth(repo, generations, t, x, memo, 0)
 }
 
 fn contains_depth(
     repo: &Repository,
+    generations: &mut HashMap<Oid, u64>,
     t: Oid,
     x: Oid,
     memo: &mut HashMap<Oid, bool>,
@@ -1227,7 +1277,7 @@ fn contains_depth(
     if let Some(answer) = memo.get(&x) {
         return Ok(*answer);
     }
-    let answer = if t == x || repo.graph_descendant_of(t, x)? {
+    let answer = if descends(repo, generations, t, x)? {
         true
     } else {
         let commit = repo.find_commit(x)?;
@@ -1236,7 +1286,7 @@ fn contains_depth(
         } else {
             let mut all = true;
             for parent in commit.parent_ids() {
-                if !contains_depth(repo, t, parent, memo, depth + 1)? {
+                if !contains_depth(repo, generations, t, parent, memo, depth + 1)? {
                     all = false;
                     break;
                 }
