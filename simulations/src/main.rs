@@ -44,6 +44,37 @@ enum Command {
     List,
 }
 
+/// On Ctrl-C or SIGTERM, removes the runs' node data (on a tmpfs it holds
+/// RAM) and exits with 130, as an interrupted tool does. The handlers are
+/// in place when this returns.
+fn remove_run_data_when_interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let signals = {
+        let _context = runtime.enter();
+        signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?)))
+    };
+    let Ok((mut interrupt, mut terminate)) = signals else {
+        return;
+    };
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        });
+        eprintln!("interrupted: removing the nodes' data");
+        starling_sim::runner::remove_run_data();
+        std::process::exit(130);
+    });
+}
+
 fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -52,6 +83,7 @@ fn main() -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
+    remove_run_data_when_interrupted();
     match Cli::parse().command {
         Command::List => {
             for (name, path) in starling_sim::shipped()? {

@@ -349,6 +349,24 @@ fn bar(progress: Progress, len: u64, what: &str) -> ProgressBar {
     }
 }
 
+/// Data directories of this process's runs. A run that ends removes its own
+/// (`TempDir`); an interrupted process does not unwind, so
+/// [`remove_run_data`] removes them from its signal handler: on a tmpfs they
+/// would hold RAM until someone noticed.
+static LIVE_DATA: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes every run's data directory (those already gone are skipped).
+/// For an interrupted process, just before it exits.
+pub fn remove_run_data() {
+    let dirs = LIVE_DATA
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Where nodes' data directories go: `STARLING_SIM_DATA` if set, else a
 /// tmpfs (`/dev/shm`) where there is one, else the temporary directory. The
 /// nodes fsync every batch and every ref as a daemon does; on a disk, a
@@ -377,6 +395,10 @@ async fn run(scenario: Scenario, variant: Variant, progress: Progress) -> anyhow
     let data = tempfile::Builder::new()
         .prefix("starling-sim-")
         .tempdir_in(data_root())?;
+    LIVE_DATA
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(data.path().to_owned());
     // Certificates start a minute ago so commits made now are inside them.
     let issued = SystemTime::now() - Duration::from_secs(60);
     let mut specs = Vec::with_capacity(n);
