@@ -29,6 +29,7 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use starling_actors::transport::socket::{poll_recv_datagrams, Datagram};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -49,11 +50,6 @@ pub const NODE_PORT: u16 = 4433;
 pub fn node_addr(index: usize) -> SocketAddr {
     let i = index as u32 + 1;
     SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], NODE_PORT))
-}
-
-struct Datagram {
-    from: SocketAddr,
-    bytes: Vec<u8>,
 }
 
 struct InFlight {
@@ -402,33 +398,8 @@ impl AsyncUdpSocket for SimSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        let mut filled = 0;
-        for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()) {
-            let next = if filled == 0 {
-                match inbox.poll_recv(cx) {
-                    Poll::Ready(Some(d)) => d,
-                    // Unbound (crashed): nothing will ever arrive here again.
-                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-                }
-            } else {
-                match inbox.try_recv() {
-                    Ok(d) => d,
-                    Err(_) => break,
-                }
-            };
-            let len = next.bytes.len().min(buf.len());
-            buf[..len].copy_from_slice(&next.bytes[..len]);
-            *meta = RecvMeta {
-                addr: next.from,
-                len,
-                stride: len,
-                ecn: None,
-                dst_ip: Some(self.addr.ip()),
-            };
-            filled += 1;
-        }
-        Poll::Ready(Ok(filled))
+        // A crashed node's inbox is closed: `Pending` forever, as on a dead link.
+        poll_recv_datagrams(&self.inbox, self.addr, cx, bufs, meta)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

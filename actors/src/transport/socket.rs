@@ -28,9 +28,54 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<Arc<dyn AsyncUdpSocket>> {
     quinn::TokioRuntime.wrap_udp_socket(socket)
 }
 
-struct Datagram {
-    from: SocketAddr,
-    bytes: Vec<u8>,
+/// One datagram queued for an in-process socket.
+#[derive(Debug)]
+pub struct Datagram {
+    /// Where it came from.
+    pub from: SocketAddr,
+    /// Its payload.
+    pub bytes: Vec<u8>,
+}
+
+/// `AsyncUdpSocket::poll_recv` for an in-process socket whose datagrams
+/// arrive on `inbox`: fills as many of `bufs` as are ready, waiting only for
+/// the first. A closed inbox (network gone, socket unbound) is `Pending`
+/// forever: nothing will arrive again, which is what a dead link looks like.
+pub fn poll_recv_datagrams(
+    inbox: &Mutex<mpsc::Receiver<Datagram>>,
+    local: SocketAddr,
+    cx: &mut Context,
+    bufs: &mut [IoSliceMut<'_>],
+    meta: &mut [RecvMeta],
+) -> Poll<io::Result<usize>> {
+    let mut inbox = inbox
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut filled = 0;
+    for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()) {
+        let next = if filled == 0 {
+            match inbox.poll_recv(cx) {
+                Poll::Ready(Some(datagram)) => datagram,
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        } else {
+            match inbox.try_recv() {
+                Ok(datagram) => datagram,
+                Err(_) => break,
+            }
+        };
+        let len = next.bytes.len().min(buf.len());
+        buf[..len].copy_from_slice(&next.bytes[..len]);
+        *meta = RecvMeta {
+            addr: next.from,
+            len,
+            stride: len,
+            ecn: None,
+            dst_ip: Some(local.ip()),
+        };
+        filled += 1;
+    }
+    Poll::Ready(Ok(filled))
 }
 
 /// An in-process "network": a map from address to the socket bound there.
@@ -140,37 +185,7 @@ impl AsyncUdpSocket for MemorySocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let mut inbox = self
-            .inbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut filled = 0;
-        for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()) {
-            let next = if filled == 0 {
-                match inbox.poll_recv(cx) {
-                    Poll::Ready(Some(datagram)) => datagram,
-                    // All senders gone: the network was dropped; nothing will ever arrive.
-                    Poll::Ready(None) => return Poll::Pending,
-                    Poll::Pending => return Poll::Pending,
-                }
-            } else {
-                match inbox.try_recv() {
-                    Ok(datagram) => datagram,
-                    Err(_) => break,
-                }
-            };
-            let len = next.bytes.len().min(buf.len());
-            buf[..len].copy_from_slice(&next.bytes[..len]);
-            *meta = RecvMeta {
-                addr: next.from,
-                len,
-                stride: len,
-                ecn: None,
-                dst_ip: Some(self.addr.ip()),
-            };
-            filled += 1;
-        }
-        Poll::Ready(Ok(filled))
+        poll_recv_datagrams(&self.inbox, self.addr, cx, bufs, meta)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
