@@ -341,8 +341,8 @@ fn view_of(store: &mut Store) -> Result<SwarmView, StoreError> {
 /// are merely in the object database (quarantined, rejected) do not count.
 fn holds(store: &mut Store, head: git2::Oid, id: &CommitId) -> bool {
     let id = oid(id);
-    id == head
-        || (store.repository().find_commit(id).is_ok() && store.descends(head, id).unwrap_or(false))
+    // `descends` answers false for a commit we lack.
+    store.descends(head, id).unwrap_or(false)
 }
 
 /// Asks for the swarm's current [`SwarmView`].

@@ -699,8 +699,7 @@ impl Store {
         }
         let ours = self.repo.refname_to_id(HEAD_REF)?;
         let base_id = oid(&base);
-        let holds_base = self.repo.find_commit(base_id).is_ok() && self.descends(ours, base_id)?;
-        if !holds_base {
+        if !self.descends(ours, base_id)? {
             return Err(StoreError::PackBaseMissing(base));
         }
         let indexed_before = durable::pack_is_indexed(&self.repo, pack);
