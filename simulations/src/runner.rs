@@ -363,7 +363,14 @@ pub fn remove_run_data() {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
     for dir in dirs {
-        let _ = std::fs::remove_dir_all(dir);
+        // Nodes are still writing: renamed first, no path they know leads
+        // into it, so nothing new appears while it is removed.
+        let doomed = dir.with_extension("removing");
+        let gone = match std::fs::rename(&dir, &doomed) {
+            Ok(()) => doomed,
+            Err(_) => dir,
+        };
+        let _ = std::fs::remove_dir_all(gone);
     }
 }
 
