@@ -18,22 +18,18 @@
 //! failure.
 
 use std::collections::BTreeSet;
-use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 mod support;
 
-use support::{json, starling};
+use support::{node::Node, wait_within};
 
-/// How long a daemon may take to publish run.json.
-const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
 /// How long discovery plus sync (or a connection loss) may take.
 const STEP_DEADLINE: Duration = Duration::from_secs(120);
+/// How often a wait checks: each check runs processes in the namespaces.
+const STEP_POLL: Duration = Duration::from_millis(250);
 /// The QUIC port every daemon listens on (each in its own namespace).
 const QUIC_PORT: u16 = 7420;
 
@@ -148,196 +144,9 @@ impl Drop for Netns {
     }
 }
 
-/// Runs `f` on a thread that has entered namespace `ns` (setns affects only
-/// the calling thread), e.g. to reach a daemon's loopback API.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("namespace file");
-        // SAFETY: setns on a descriptor we own; it changes only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}");
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
-
-/// A daemon living in a namespace.
-struct Node {
-    name: &'static str,
-    ns: String,
-    dir: PathBuf,
-    account_id: String,
-    device_id: String,
-    child: Option<Child>,
-    api: String,
-}
-
-impl Node {
-    fn create(root: &Path, name: &'static str, ns: &str) -> Node {
-        let dir = root.join(name);
-        json(starling(
-            &dir,
-            &["--json", "account", "create", "--display-name", name],
-        ));
-        let shown = json(starling(&dir, &["--json", "account", "show"]));
-        Node {
-            name,
-            ns: ns.to_owned(),
-            dir,
-            account_id: shown["account_id"].as_str().unwrap().to_owned(),
-            device_id: shown["device_id"].as_str().unwrap().to_owned(),
-            child: None,
-            api: String::new(),
-        }
-    }
-
-    fn command(&self) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_starling")])
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .env_remove("STARLING_DATA_DIR")
-            .env_remove("STARLING_API")
-            .env_remove("STARLING_LISTEN")
-            .env_remove("STARLING_PEERS")
-            .env_remove("STARLING_MDNS")
-            .env_remove("STARLING_DHT")
-            .env_remove("STARLING_DHT_BOOTSTRAP");
-        command
-    }
-
-    fn start(&mut self, flags: &[&str]) {
-        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
-        let child = self
-            .command()
-            .args(["up", "--api", "127.0.0.1:0", "--listen"])
-            .arg(format!("0.0.0.0:{QUIC_PORT}"))
-            .args(flags)
-            .env("STARLING_LOG", "info,mdns_sd=warn,mainline=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starling up starts");
-        let run_file = self.dir.join("run.json");
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        let run: Value = loop {
-            if let Some(run) = std::fs::read_to_string(&run_file)
-                .ok()
-                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                .filter(|run| run["pid"] == child.id())
-            {
-                break run;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not publish run.json in time",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.api = run["api"].as_str().unwrap().to_owned();
-        self.child = Some(child);
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn terminate(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let kill = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "{} exited with {status}", self.name);
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{} did not stop within {STARTUP_DEADLINE:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> Value {
-        let output = self
-            .command()
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("starling runs");
-        assert!(
-            output.status.success(),
-            "{} {:?}: {}",
-            self.name,
-            args,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("--json prints JSON")
-    }
-
-    fn send(&self, conversation: &str, text: &str) {
-        self.cli(&["send", conversation, text]);
-    }
-
-    fn bodies(&self, conversation: &str) -> Vec<String> {
-        self.cli(&["messages", conversation, "--limit", "1000"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["body"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
-    /// Sum of the samples of `name` whose labels include every `labels` pair.
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let url = format!("{}/metrics", self.api);
-        let text = in_netns(&self.ns, move || {
-            ureq::get(&url)
-                .timeout(Duration::from_secs(10))
-                .call()
-                .map(|r| r.into_string().unwrap_or_default())
-                .unwrap_or_default()
-        });
-        let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
-            .filter(|l| pairs.iter().all(|p| l.contains(p.as_str())))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn active_connections(&self) -> f64 {
-        self.metric("starling_transport_connections", &[("state", "active")])
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            if let Ok(log) = std::fs::read_to_string(self.dir.join("daemon.log")) {
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("--- {} log (last lines, newest first) ---", self.name);
-                for line in tail {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
+/// The number of connections `node` holds open.
+fn active_connections(node: &Node) -> f64 {
+    node.metric("starling_transport_connections", &[("state", "active")])
 }
 
 /// A background process (DHT testnet, mDNS spoofer) killed on drop.
@@ -350,19 +159,14 @@ impl Drop for Helper {
     }
 }
 
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+/// Waits up to [`STEP_DEADLINE`], longer than the loopback tests' waits:
+/// discovery's announcements and lookups come on their own schedules. Prints
+/// how long each step took, since that is what these tests measure.
+fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            eprintln!("{what}: after {:?}", started.elapsed());
-            return value;
-        }
-        assert!(
-            started.elapsed() < STEP_DEADLINE,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let value = wait_within(STEP_DEADLINE, STEP_POLL, what, check);
+    eprintln!("{what}: after {:?}", started.elapsed());
+    value
 }
 
 /// Alice creates a conversation and invites bob; bob hears of it over
@@ -409,10 +213,10 @@ fn lan_peers_find_each_other_by_mdns_and_resync_after_the_link_returns() {
         );
     }
     let root = tempfile::tempdir().unwrap();
-    let mut alice = Node::create(root.path(), "alice", &hosts[0]);
-    let mut bob = Node::create(root.path(), "bob", &hosts[1]);
-    alice.start(&["--no-dht"]);
-    bob.start(&["--no-dht"]);
+    let mut alice = Node::create_in_netns(root.path(), "alice", &hosts[0], QUIC_PORT);
+    let mut bob = Node::create_in_netns(root.path(), "bob", &hosts[1], QUIC_PORT);
+    alice.start(&[], &["--no-dht"]);
+    bob.start(&[], &["--no-dht"]);
 
     let id = swarm_between(&alice, &bob);
     alice.send(&id, "hello over the LAN");
@@ -458,7 +262,7 @@ fn lan_peers_find_each_other_by_mdns_and_resync_after_the_link_returns() {
     alice.send(&id, "alice, while apart");
     bob.send(&id, "bob, while apart");
     wait_for("both to notice the link is gone", || {
-        (alice.active_connections() == 0.0 && bob.active_connections() == 0.0).then_some(())
+        (active_connections(&alice) == 0.0 && active_connections(&bob) == 0.0).then_some(())
     });
     assert!(!alice.bodies(&id).contains(&"bob, while apart".to_owned()));
     assert!(!bob.bodies(&id).contains(&"alice, while apart".to_owned()));
@@ -484,7 +288,7 @@ fn lan_peers_find_each_other_by_mdns_and_resync_after_the_link_returns() {
     // Bob leaves for good: his mDNS goodbye takes his record off alice's list.
     let gone = |n: &Node| n.log().matches("mDNS record gone").count();
     let before = gone(&alice);
-    bob.terminate();
+    bob.stop();
     wait_for("alice to see bob's record go", || {
         (gone(&alice) > before).then_some(())
     });
@@ -542,10 +346,10 @@ fn peers_in_different_networks_find_each_other_through_the_dht() {
     );
 
     let root = tempfile::tempdir().unwrap();
-    let mut alice = Node::create(root.path(), "alice", &a);
-    let mut bob = Node::create(root.path(), "bob", &b);
-    alice.start(&["--dht-bootstrap", bootstrap]);
-    bob.start(&["--dht-bootstrap", bootstrap]);
+    let mut alice = Node::create_in_netns(root.path(), "alice", &a, QUIC_PORT);
+    let mut bob = Node::create_in_netns(root.path(), "bob", &b, QUIC_PORT);
+    alice.start(&[], &["--dht-bootstrap", bootstrap]);
+    bob.start(&[], &["--dht-bootstrap", bootstrap]);
     wait_for("both to publish their records", || {
         (alice.metric(
             "starling_discovery_dht_operations_total",
@@ -593,14 +397,14 @@ fn a_spoofed_mdns_record_is_refuted_and_counted() {
     };
     let (_lan, hosts) = net.lan(&[("b", "10.78.0.2"), ("m", "10.78.0.66")]);
     let root = tempfile::tempdir().unwrap();
-    let mut bob = Node::create(root.path(), "bob", &hosts[0]);
-    let mut mallory = Node::create(root.path(), "mallory", &hosts[1]);
+    let mut bob = Node::create_in_netns(root.path(), "bob", &hosts[0], QUIC_PORT);
+    let mut mallory = Node::create_in_netns(root.path(), "mallory", &hosts[1], QUIC_PORT);
     // Alice never runs: bob only knows her account id, from his swarm.
-    let alice = Node::create(root.path(), "alice", &hosts[0]);
-    bob.start(&["--no-dht"]);
+    let alice = Node::create_in_netns(root.path(), "alice", &hosts[0], QUIC_PORT);
+    bob.start(&[], &["--no-dht"]);
     // Mallory keeps the default DHT (public bootstrap nodes) with no route
     // out: it must fail gracefully, saying so once.
-    mallory.start(&[]);
+    mallory.start(&[], &[]);
     let id = bob.cli(&["swarm", "create"])["id"]
         .as_str()
         .unwrap()
@@ -611,7 +415,7 @@ fn a_spoofed_mdns_record_is_refuted_and_counted() {
     let forged_device = "5".repeat(64);
     let _spoofer = Helper(
         Command::new("ip")
-            .args(["netns", "exec", &mallory.ns, env!("CARGO_BIN_EXE_starling")])
+            .args(["netns", "exec", &hosts[1], env!("CARGO_BIN_EXE_starling")])
             .args(["mdns-advertise", "--account", &alice.account_id, "--device"])
             .arg(&forged_device)
             .args(["--port", &QUIC_PORT.to_string()])
@@ -634,7 +438,7 @@ fn a_spoofed_mdns_record_is_refuted_and_counted() {
         ),
         0.0
     );
-    assert_eq!(bob.active_connections(), 0.0, "nothing was trusted");
+    assert_eq!(active_connections(&bob), 0.0, "nothing was trusted");
     assert!(
         bob.metric(
             "starling_transport_handshakes_failed_total",
@@ -643,7 +447,7 @@ fn a_spoofed_mdns_record_is_refuted_and_counted() {
     );
     // Mallory's true record (her own account) interests bob not at all.
     assert_eq!(mallory.device_id.len(), 64);
-    assert_eq!(mallory.active_connections(), 0.0);
+    assert_eq!(active_connections(&mallory), 0.0);
 
     wait_for("mallory's offline DHT to fail twice", || {
         (mallory.metric(

@@ -16,9 +16,8 @@
 //!   `/metrics` with the event-stream metrics in it.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -29,165 +28,18 @@ use tungstenite::{Message, WebSocket};
 
 mod support;
 
-use support::{json, starling};
+use support::{node::Node, wait_for, STARTUP_DEADLINE, SYNC_DEADLINE};
 
-/// How long a daemon may take to publish run.json or to stop.
-const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
-/// How long an event, an invitation or a sync may take to arrive.
-const EVENT_DEADLINE: Duration = Duration::from_secs(60);
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A WebSocket subscriber of `/v1/events` and every event it has read.
+struct Events {
+    socket: WebSocket<MaybeTlsStream<TcpStream>>,
+    seen: Vec<Value>,
 }
 
-struct Node {
-    name: &'static str,
-    dir: PathBuf,
-    account_id: String,
-    port: u16,
-    child: Option<Child>,
-    api: String,
-    token: String,
-}
-
-impl Node {
-    fn create(root: &Path, name: &'static str) -> Node {
-        let dir = root.join(name);
-        json(starling(
-            &dir,
-            &["--json", "account", "create", "--display-name", name],
-        ));
-        let shown = json(starling(&dir, &["--json", "account", "show"]));
-        Node {
-            name,
-            dir,
-            account_id: shown["account_id"].as_str().unwrap().to_owned(),
-            port: free_udp_port(),
-            child: None,
-            api: String::new(),
-            token: String::new(),
-        }
-    }
-
-    fn peer_addr(&self) -> String {
-        format!("{}@127.0.0.1:{}", self.account_id, self.port)
-    }
-
-    fn start(&mut self, peers: &[String]) {
-        let _ = std::fs::remove_file(self.dir.join("run.json"));
-        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_starling"))
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["up", "--api", "127.0.0.1:0", "--listen"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .env_remove("STARLING_API")
-            .env_remove("STARLING_LISTEN")
-            .env("STARLING_PEERS", peers.join(","))
-            // No test touches the public DHT or another test's LAN.
-            .env("STARLING_MDNS", "false")
-            .env("STARLING_DHT", "false")
-            .env("STARLING_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starling up starts");
-        let run_file = self.dir.join("run.json");
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        let run: Value = loop {
-            if let Some(run) = std::fs::read_to_string(&run_file)
-                .ok()
-                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                .filter(|run| run["pid"] == child.id())
-            {
-                break run;
-            }
-            assert!(Instant::now() < deadline, "{} did not start", self.name);
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.api = run["api"].as_str().unwrap().to_owned();
-        self.token = std::fs::read_to_string(self.dir.join("api.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        self.child = Some(child);
-    }
-
-    fn stop(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let kill = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "{} exited with {status}", self.name);
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{} did not stop within {STARTUP_DEADLINE:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let output = starling(&self.dir, &all);
-        assert!(
-            output.status.success(),
-            "{} {:?}: {}",
-            self.name,
-            args,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("--json prints JSON")
-    }
-
-    fn id_of(&self, args: &[&str]) -> String {
-        self.cli(args)["id"].as_str().unwrap().to_owned()
-    }
-
-    fn post(&self, path: &str, body: &str) -> (u16, String) {
-        let result = ureq::post(&format!("{}{path}", self.api))
-            .timeout(Duration::from_secs(30))
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .set("Content-Type", "application/json")
-            .send_string(body);
-        match result {
-            Ok(response) => (response.status(), response.into_string().unwrap()),
-            Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap()),
-            Err(other) => panic!("POST {path}: {other}"),
-        }
-    }
-
-    fn metrics_text(&self) -> String {
-        ureq::get(&format!("{}/metrics", self.api))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap()
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        self.metrics_text()
-            .lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    /// Opens `/v1/events` with `token`.
-    fn subscribe(&self, token: &str) -> Result<Events, tungstenite::Error> {
-        let url = format!("{}/v1/events", self.api.replacen("http://", "ws://", 1));
+impl Events {
+    /// Opens `/v1/events` on `node` with `token`.
+    fn open(node: &Node, token: &str) -> Result<Events, tungstenite::Error> {
+        let url = format!("{}/v1/events", node.api.replacen("http://", "ws://", 1));
         let mut request = url.into_client_request().unwrap();
         request
             .headers_mut()
@@ -199,12 +51,12 @@ impl Node {
         })
     }
 
-    /// Opens `/v1/events` on a socket whose receive buffer is small and
-    /// fixed (no autotuning), so a client that does not read pushes back on
-    /// the daemon after kilobytes rather than megabytes.
-    fn subscribe_small_buffer(&self) -> Events {
+    /// Opens `/v1/events` on `node` on a socket whose receive buffer is small
+    /// and fixed (no autotuning), so a client that does not read pushes back
+    /// on the daemon after kilobytes rather than megabytes.
+    fn open_small_buffer(node: &Node) -> Events {
         use std::os::fd::AsRawFd;
-        let address = self.api.trim_start_matches("http://");
+        let address = node.api.trim_start_matches("http://");
         let stream = TcpStream::connect(address).unwrap();
         let bytes: libc::c_int = SMALL_RECEIVE_BUFFER_BYTES;
         // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int.
@@ -222,7 +74,7 @@ impl Node {
         let mut request = url.into_client_request().unwrap();
         request.headers_mut().insert(
             "Authorization",
-            format!("Bearer {}", self.token).parse().unwrap(),
+            format!("Bearer {}", node.token).parse().unwrap(),
         );
         let (socket, _) = tungstenite::client(request, MaybeTlsStream::Plain(stream)).unwrap();
         Events {
@@ -230,33 +82,7 @@ impl Node {
             seen: Vec::new(),
         }
     }
-}
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            if let Ok(log) = std::fs::read_to_string(self.dir.join("daemon.log")) {
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("--- {} log (last lines, newest first) ---", self.name);
-                for line in tail {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
-}
-
-/// A WebSocket subscriber of `/v1/events` and every event it has read.
-struct Events {
-    socket: WebSocket<MaybeTlsStream<TcpStream>>,
-    seen: Vec<Value>,
-}
-
-impl Events {
     fn set_read_timeout(&mut self, timeout: Duration) {
         if let MaybeTlsStream::Plain(stream) = self.socket.get_mut() {
             stream.set_read_timeout(Some(timeout)).unwrap();
@@ -294,7 +120,7 @@ impl Events {
             return found.clone();
         }
         self.set_read_timeout(Duration::from_millis(200));
-        let deadline = Instant::now() + EVENT_DEADLINE;
+        let deadline = Instant::now() + SYNC_DEADLINE;
         loop {
             if let Some(event) = self.read_one() {
                 if matches(&event) {
@@ -303,7 +129,7 @@ impl Events {
             }
             assert!(
                 Instant::now() < deadline,
-                "no {what} event within {EVENT_DEADLINE:?}; seen: {:#?}",
+                "no {what} event within {SYNC_DEADLINE:?}; seen: {:#?}",
                 self.seen.iter().map(summary).collect::<Vec<_>>()
             );
         }
@@ -320,17 +146,6 @@ fn summary(event: &Value) -> String {
     event.to_string()
 }
 
-fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + EVENT_DEADLINE;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn is_message(event: &Value, kind: &str, id: &str) -> bool {
     event["type"] == "message" && event["kind"] == kind && event["id"] == id
 }
@@ -342,17 +157,17 @@ fn bobs_event_stream_and_listing_follow_alices_edits_reactions_profile_and_ban()
     let mut bob = Node::create(tmp.path(), "bob");
     let mut carol = Node::create(tmp.path(), "carol");
     let (a, b, c) = (alice.peer_addr(), bob.peer_addr(), carol.peer_addr());
-    alice.start(&[b.clone(), c.clone()]);
-    bob.start(&[a.clone(), c.clone()]);
-    carol.start(&[a.clone(), b.clone()]);
+    alice.start(&[b.clone(), c.clone()], &[]);
+    bob.start(&[a.clone(), c.clone()], &[]);
+    carol.start(&[a.clone(), b.clone()], &[]);
 
     // Header auth only: a wrong token is refused before the upgrade.
-    match bob.subscribe("wrong") {
+    match Events::open(&bob, "wrong") {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
         Err(other) => panic!("expected 401, got {other}"),
         Ok(_) => panic!("a wrong token opened the event stream"),
     }
-    let mut stream = bob.subscribe(&bob.token).unwrap();
+    let mut stream = Events::open(&bob, &bob.token).unwrap();
     // The CLI follows the same stream, as JSON lines.
     let mut cli = Command::new(env!("CARGO_BIN_EXE_starling"))
         .arg("--data-dir")
@@ -371,15 +186,15 @@ fn bobs_event_stream_and_listing_follow_alices_edits_reactions_profile_and_ban()
             }
         }
     });
-    wait_until("bob's two subscribers", || {
-        (bob.metric("starling_events_subscribers") == 2.0).then_some(())
+    wait_for("bob's two subscribers", || {
+        (bob.metric("starling_events_subscribers", &[]) == 2.0).then_some(())
     });
 
     let id = alice.id_of(&["swarm", "create", "--title", "Flock"]);
     alice.cli(&["swarm", "invite", &id, &bob.account_id]);
     alice.cli(&["swarm", "invite", &id, &carol.account_id]);
     for invitee in [&bob, &carol] {
-        wait_until("the invitation", || {
+        wait_for("the invitation", || {
             invitee
                 .cli(&["swarm", "invites"])
                 .as_array()
@@ -390,7 +205,7 @@ fn bobs_event_stream_and_listing_follow_alices_edits_reactions_profile_and_ban()
         });
         invitee.cli(&["swarm", "join", &id]);
     }
-    wait_until("alice to see both joins", || {
+    wait_for("alice to see both joins", || {
         let members = alice.cli(&["swarm", "members", &id]);
         let members = members.as_array().unwrap();
         (members.len() == 3 && members.iter().all(|m| m["role"] != "invited")).then_some(())
@@ -459,7 +274,7 @@ fn bobs_event_stream_and_listing_follow_alices_edits_reactions_profile_and_ban()
     assert!(event["peer"].as_str().unwrap().len() == 64);
 
     // Bob's listing applies what the events said (newest first).
-    let listed = wait_until("bob's listing to hold everything", || {
+    let listed = wait_for("bob's listing to hold everything", || {
         let list = bob.cli(&["messages", &id]);
         let list = list.as_array().unwrap().clone();
         let hello_item = list.iter().find(|m| m["id"] == hello.as_str())?;
@@ -513,11 +328,9 @@ fn bobs_event_stream_and_listing_follow_alices_edits_reactions_profile_and_ban()
     );
 
     // Only admins ban; carol is not one.
-    let output = starling(
-        &carol.dir,
-        &["--json", "swarm", "ban", &id, &bob.account_id],
-    );
-    assert!(!output.status.success());
+    assert!(carol
+        .try_cli(&["swarm", "ban", &id, &bob.account_id])
+        .is_err());
     // Alice, the only admin, votes and bans at once.
     let banned = alice.cli(&["swarm", "ban", &id, &carol.account_id]);
     assert_eq!(
@@ -540,13 +353,13 @@ fn bobs_event_stream_and_listing_follow_alices_edits_reactions_profile_and_ban()
         .all(|m| m["account_id"] != carol.account_id.as_str()));
 
     // From the ban on, carol gets nothing new: alice refuses her channels.
-    let refused_before = alice.metric("starling_swarm_channels_refused_total");
+    let refused_before = alice.metric("starling_swarm_channels_refused_total", &[]);
     let after = alice.id_of(&["send", &id, "after the ban"]);
     stream.wait_for("the message after the ban", |e| {
         is_message(e, "text", &after)
     });
-    wait_until("alice to refuse carol", || {
-        (alice.metric("starling_swarm_channels_refused_total") > refused_before).then_some(())
+    wait_for("alice to refuse carol", || {
+        (alice.metric("starling_swarm_channels_refused_total", &[]) > refused_before).then_some(())
     });
     let carols = carol.cli(&["messages", &id]);
     assert!(
@@ -560,7 +373,7 @@ fn bobs_event_stream_and_listing_follow_alices_edits_reactions_profile_and_ban()
 
     // The CLI saw the same events, as JSON lines.
     let mut cli_events = Vec::new();
-    let deadline = Instant::now() + EVENT_DEADLINE;
+    let deadline = Instant::now() + SYNC_DEADLINE;
     while !cli_events
         .iter()
         .any(|e: &Value| is_message(e, "text", &after))
@@ -599,22 +412,29 @@ const FLOOD_MESSAGES: usize = 640;
 const FLOOD_TEXT_BYTES: usize = 32_000;
 /// The slow reader's fixed socket receive buffer.
 const SMALL_RECEIVE_BUFFER_BYTES: libc::c_int = 16 * 1024;
+/// How long a write may take during the flood, while the daemon also pushes
+/// megabytes of events at its subscribers.
+const FLOOD_POST_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn post_under_load(node: &Node, path: &str, body: &str) -> (u16, String) {
+    node.request_within(FLOOD_POST_TIMEOUT, "POST", path, &node.token, Some(body))
+}
 
 #[test]
 fn a_subscriber_that_does_not_read_is_told_what_it_lost_and_the_stream_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let mut alice = Node::create(tmp.path(), "alice");
-    alice.start(&[]);
+    alice.start(&[], &[]);
     let id = alice.id_of(&["swarm", "create"]);
-    let mut slow = alice.subscribe_small_buffer();
-    let mut prompt = alice.subscribe(&alice.token).unwrap();
+    let mut slow = Events::open_small_buffer(&alice);
+    let mut prompt = Events::open(&alice, &alice.token).unwrap();
     prompt.set_read_timeout(Duration::from_millis(20));
     let text = "x".repeat(FLOOD_TEXT_BYTES);
     let path = format!("/v1/swarms/{id}/messages");
     let mut last = String::new();
     for n in 0..FLOOD_MESSAGES {
         let body = serde_json::json!({ "text": format!("{n} {text}") }).to_string();
-        let (code, answer) = alice.post(&path, &body);
+        let (code, answer) = post_under_load(&alice, &path, &body);
         assert_eq!(code, 201, "{answer}");
         last = serde_json::from_str::<Value>(&answer).unwrap()["id"]
             .as_str()
@@ -638,10 +458,10 @@ fn a_subscriber_that_does_not_read_is_told_what_it_lost_and_the_stream_goes_on()
         received < FLOOD_MESSAGES,
         "the slow subscriber got all {received} messages: nothing was bounded"
     );
-    assert!(alice.metric("starling_events_dropped_total") >= dropped as f64);
+    assert!(alice.metric("starling_events_dropped_total", &[]) >= dropped as f64);
     eprintln!("slow subscriber: {received} of {FLOOD_MESSAGES} messages, told {dropped} lost");
     // The daemon answers as before.
-    let (code, _) = alice.post(&path, r#"{"text":"still here"}"#);
+    let (code, _) = post_under_load(&alice, &path, r#"{"text":"still here"}"#);
     assert_eq!(code, 201);
 }
 
@@ -658,9 +478,9 @@ fn promtool_accepts_the_daemons_metrics() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut alice = Node::create(tmp.path(), "alice");
-    alice.start(&[]);
+    alice.start(&[], &[]);
     let id = alice.id_of(&["swarm", "create"]);
-    let _subscriber = alice.subscribe(&alice.token).unwrap();
+    let _subscriber = Events::open(&alice, &alice.token).unwrap();
     alice.cli(&["send", &id, "for the counters"]);
     let text = alice.metrics_text();
     for name in [
@@ -699,7 +519,7 @@ fn promtool_accepts_the_daemons_metrics() {
 fn openapi_describes_the_event_stream_and_the_swarm_operations() {
     let tmp = tempfile::tempdir().unwrap();
     let mut alice = Node::create(tmp.path(), "alice");
-    alice.start(&[]);
+    alice.start(&[], &[]);
     let document: Value = ureq::get(&format!("{}/v1/openapi.json", alice.api))
         .set("Authorization", &format!("Bearer {}", alice.token))
         .call()

@@ -9,225 +9,31 @@
 //! leave state untouched.
 
 use std::collections::BTreeSet;
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod support;
 
-use support::{json, starling};
+use support::{node::Node, wait_for, SYNC_DEADLINE};
 
-/// How long a daemon may take to publish run.json or to stop.
-const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
-/// How long replicas may take to converge or an invitation to arrive.
-const SYNC_DEADLINE: Duration = Duration::from_secs(60);
-
-/// A UDP port free right now on loopback (the daemon binds it a moment later).
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
+/// (id, author, body) of every message, newest first.
+fn messages(node: &Node, conversation: &str) -> Vec<(String, String, String)> {
+    let list = node.cli(&["messages", conversation, "--limit", "1000"]);
+    list.as_array()
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Node {
-    name: &'static str,
-    dir: PathBuf,
-    account_id: String,
-    port: u16,
-    child: Option<Child>,
-    api: String,
-    token: String,
-}
-
-impl Node {
-    fn create(root: &Path, name: &'static str) -> Node {
-        let dir = root.join(name);
-        json(starling(
-            &dir,
-            &["--json", "account", "create", "--display-name", name],
-        ));
-        let shown = json(starling(&dir, &["--json", "account", "show"]));
-        Node {
-            name,
-            dir,
-            account_id: shown["account_id"].as_str().unwrap().to_owned(),
-            port: free_udp_port(),
-            child: None,
-            api: String::new(),
-            token: String::new(),
-        }
-    }
-
-    fn peer_addr(&self) -> String {
-        format!("{}@127.0.0.1:{}", self.account_id, self.port)
-    }
-
-    fn start(&mut self, peers: &[String]) {
-        let _ = std::fs::remove_file(self.dir.join("run.json"));
-        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_starling"))
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["up", "--api", "127.0.0.1:0", "--listen"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .env_remove("STARLING_API")
-            .env_remove("STARLING_LISTEN")
-            .env("STARLING_PEERS", peers.join(","))
-            // Static peers only: no discovery, never the public DHT.
-            .env("STARLING_MDNS", "false")
-            .env("STARLING_DHT", "false")
-            .env("STARLING_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starling up starts");
-        let run_file = self.dir.join("run.json");
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        let run: Value = loop {
-            if let Some(run) = std::fs::read_to_string(&run_file)
-                .ok()
-                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                .filter(|run| run["pid"] == child.id())
-            {
-                break run;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not publish run.json in time",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert_eq!(run["listen"], format!("127.0.0.1:{}", self.port));
-        self.api = run["api"].as_str().unwrap().to_owned();
-        self.token = std::fs::read_to_string(self.dir.join("api.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        self.child = Some(child);
-    }
-
-    fn stop(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let kill = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "{} exited with {status}", self.name);
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{} did not stop within {STARTUP_DEADLINE:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let output = starling(&self.dir, &all);
-        assert!(
-            output.status.success(),
-            "{} {:?}: {}",
-            self.name,
-            args,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("--json prints JSON")
-    }
-
-    fn send(&self, conversation: &str, text: &str) -> String {
-        self.cli(&["send", conversation, text])["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    /// (id, author, body) of every message, newest first.
-    fn messages(&self, conversation: &str) -> Vec<(String, String, String)> {
-        let list = self.cli(&["messages", conversation, "--limit", "1000"]);
-        list.as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                assert!(m["timestamp"].as_i64().unwrap() > 0);
-                (
-                    m["id"].as_str().unwrap().to_owned(),
-                    m["author"].as_str().unwrap().to_owned(),
-                    m["body"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    }
-
-    fn request(&self, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, String) {
-        let request = ureq::request(method, &format!("{}{path}", self.api))
-            .timeout(Duration::from_secs(10))
-            .set("Authorization", &format!("Bearer {token}"))
-            .set("Content-Type", "application/json");
-        let result = match body {
-            Some(body) => request.send_string(body),
-            None => request.call(),
-        };
-        match result {
-            Ok(response) => (response.status(), response.into_string().unwrap()),
-            Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap()),
-            Err(other) => panic!("{method} {path}: {other}"),
-        }
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        let text = ureq::get(&format!("{}/metrics", self.api))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            if let Ok(log) = std::fs::read_to_string(self.dir.join("daemon.log")) {
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("--- {} log (last lines, newest first) ---", self.name);
-                for line in tail {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
-}
-
-/// Polls `check` until it returns `Some`, or fails after [`SYNC_DEADLINE`].
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + SYNC_DEADLINE;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        .iter()
+        .map(|m| {
+            assert!(m["timestamp"].as_i64().unwrap() > 0);
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["author"].as_str().unwrap().to_owned(),
+                m["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Waits until every node lists the same `expected` bodies (as a set) in the
@@ -239,7 +45,7 @@ fn converge(
 ) -> Vec<(String, String, String)> {
     let started = Instant::now();
     let list = wait_for("replicas to converge", || {
-        let lists: Vec<_> = nodes.iter().map(|n| n.messages(conversation)).collect();
+        let lists: Vec<_> = nodes.iter().map(|n| messages(n, conversation)).collect();
         let bodies: BTreeSet<String> = lists[0].iter().map(|m| m.2.clone()).collect();
         (lists.windows(2).all(|w| w[0] == w[1]) && &bodies == expected).then(|| lists[0].clone())
     });
@@ -271,11 +77,11 @@ fn three_daemons_sync_a_swarm_and_catch_up_after_downtime() {
     let mut bob = Node::create(tmp.path(), "bob");
     let mut carol = Node::create(tmp.path(), "carol");
     let (a, b, c) = (alice.peer_addr(), bob.peer_addr(), carol.peer_addr());
-    alice.start(&[b.clone(), c.clone()]);
-    bob.start(&[a.clone(), c.clone()]);
-    carol.start(&[a.clone(), b.clone()]);
+    alice.start(&[b.clone(), c.clone()], &[]);
+    bob.start(&[a.clone(), c.clone()], &[]);
+    carol.start(&[a.clone(), b.clone()], &[]);
     let status = alice.cli(&["status"]);
-    assert_eq!(status["listen"], format!("127.0.0.1:{}", alice.port));
+    assert_eq!(status["listen"], alice.listen.as_str());
     assert_eq!(status["account_id"], alice.account_id.as_str());
 
     let id = alice.cli(&["swarm", "create", "--title", "Flock"])["id"]
@@ -349,7 +155,7 @@ fn three_daemons_sync_a_swarm_and_catch_up_after_downtime() {
             expected.insert(text);
         }
     }
-    carol.start(&[a.clone(), b.clone()]);
+    carol.start(&[a.clone(), b.clone()], &[]);
     converge(&[&alice, &bob, &carol], &id, &expected);
 
     // Again, but only bob is online when carol returns: she catches up from
@@ -365,15 +171,15 @@ fn three_daemons_sync_a_swarm_and_catch_up_after_downtime() {
     let text = "bob alone".to_owned();
     bob.send(&id, &text);
     expected.insert(text);
-    carol.start(&[a.clone(), b.clone()]);
+    carol.start(&[a.clone(), b.clone()], &[]);
     let list = converge(&[&bob, &carol], &id, &expected);
     assert_eq!(list.len(), expected.len());
-    assert!(carol.metric("starling_swarm_fetches_total") >= 1.0);
-    assert!(carol.metric("starling_messages_received_total") >= 1.0);
-    assert_eq!(carol.metric("starling_conversations"), 1.0);
+    assert!(carol.metric("starling_swarm_fetches_total", &[]) >= 1.0);
+    assert!(carol.metric("starling_messages_received_total", &[]) >= 1.0);
+    assert_eq!(carol.metric("starling_conversations", &[]), 1.0);
 
     // The API's refusals leave state untouched.
-    let before = carol.messages(&id);
+    let before = messages(&carol, &id);
     let path = format!("/v1/swarms/{id}/messages");
     let (code, _) = carol.request("POST", &path, "wrong", Some(r#"{"text":"x"}"#));
     assert_eq!(code, 401);
@@ -385,7 +191,7 @@ fn three_daemons_sync_a_swarm_and_catch_up_after_downtime() {
     let big = serde_json::json!({ "text": "x".repeat(40 * 1024) }).to_string();
     let (code, body) = carol.request("POST", &path, &carol.token, Some(&big));
     assert_eq!(code, 413, "{body}");
-    assert_eq!(carol.messages(&id), before);
+    assert_eq!(messages(&carol, &id), before);
 
     // Stock git on carol's replica.
     let members_before = carol.cli(&["swarm", "members", &id]);
@@ -395,8 +201,8 @@ fn three_daemons_sync_a_swarm_and_catch_up_after_downtime() {
     assert!(ok && !out.contains("warning"), "git fsck --strict: {out}");
     // Restart persistence: with no peers of her own, carol still lists
     // the same messages and members (bob has nothing newer to give her).
-    carol.start(&[]);
-    assert_eq!(carol.messages(&id), before);
+    carol.start(&[], &[]);
+    assert_eq!(messages(&carol, &id), before);
     assert_eq!(carol.cli(&["swarm", "members", &id]), members_before);
     let signers = tmp.path().join("allowed_signers");
     carol.cli(&[
@@ -431,8 +237,8 @@ fn message_latency_between_two_daemons() {
     let mut alice = Node::create(tmp.path(), "alice");
     let mut bob = Node::create(tmp.path(), "bob");
     let (a, b) = (alice.peer_addr(), bob.peer_addr());
-    alice.start(std::slice::from_ref(&b));
-    bob.start(std::slice::from_ref(&a));
+    alice.start(std::slice::from_ref(&b), &[]);
+    bob.start(std::slice::from_ref(&a), &[]);
     let id = alice.cli(&["swarm", "create"])["id"]
         .as_str()
         .unwrap()

@@ -1,17 +1,24 @@
-//! Helpers shared by the process-level tests: running the `starling` binary
-//! and a `starling up` daemon that is killed on drop.
+//! Helpers shared by the process-level tests: running the `starling` binary,
+//! a `starling up` daemon that is killed on drop ([`Daemon`] for one,
+//! [`node::Node`] for several that talk to each other), and bounded waits.
 
 // Each test target uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 /// How long a daemon may take to publish run.json or to stop.
-const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a message, an invitation, a contact request or an event may take
+/// to reach another daemon on loopback: generous, since several daemons share
+/// two cores with the debug build.
+pub const SYNC_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `starling --data-dir DIR ARGS…` with no ambient configuration.
 pub fn starling(data_dir: &Path, args: &[&str]) -> Output {
@@ -50,32 +57,18 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("starling up starts");
-        let run_file = data_dir.join("run.json");
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        let run: Value = loop {
-            if let Some(run) = std::fs::read_to_string(&run_file)
-                .ok()
-                .and_then(|s| serde_json::from_str(&s).ok())
-            {
-                break run;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not publish run.json in time"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert_eq!(run["pid"], child.id());
-        let token = std::fs::read_to_string(data_dir.join("api.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        Daemon {
+        let pid = child.id();
+        // Owned before the wait, so a daemon that never comes up is killed too.
+        let mut daemon = Daemon {
             child: Some(child),
             data_dir: data_dir.to_owned(),
-            api: run["api"].as_str().unwrap().to_owned(),
-            token,
-        }
+            api: String::new(),
+            token: String::new(),
+        };
+        let run = wait_for_run(data_dir, pid, "the daemon");
+        daemon.api = run["api"].as_str().unwrap().to_owned();
+        daemon.token = read_token(data_dir);
+        daemon
     }
 
     /// `GET path`, with the bearer token if given: (status, body).
@@ -95,22 +88,7 @@ impl Daemon {
     /// Sends SIGTERM and waits for the process to exit; returns whether it succeeded.
     pub fn terminate(mut self) -> bool {
         let mut child = self.child.take().unwrap();
-        let kill = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the daemon did not stop within {STARTUP_DEADLINE:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        sigterm_and_wait(&mut child, "the daemon").success()
     }
 }
 
@@ -131,4 +109,79 @@ pub fn json(output: Output) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Polls `check` until it returns `Some`, and fails after [`SYNC_DEADLINE`]:
+/// daemons sync in the background, so a test waits for what a user would
+/// see, and something that never arrives fails the test instead of hanging it.
+pub fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_within(SYNC_DEADLINE, Duration::from_millis(100), what, check)
+}
+
+/// [`wait_for`] with its own deadline, checking every `poll`.
+pub fn wait_within<T>(
+    deadline: Duration,
+    poll: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(poll);
+    }
+}
+
+/// Waits for the run.json of the daemon with process id `pid` in `data_dir`:
+/// it is written once the API listens, so the daemon can be used from then on.
+fn wait_for_run(data_dir: &Path, pid: u32, who: &str) -> Value {
+    let run_file = data_dir.join("run.json");
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    loop {
+        if let Some(run) = std::fs::read_to_string(&run_file)
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .filter(|run| run["pid"] == pid)
+        {
+            return run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} did not publish run.json in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The API token the daemon in `data_dir` wrote at start-up.
+fn read_token(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("api.token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Sends SIGTERM, as an operator or systemd would, and waits for the exit; a
+/// daemon that ignores it is killed and the test fails.
+fn sigterm_and_wait(child: &mut Child, who: &str) -> ExitStatus {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{who} did not stop within {STARTUP_DEADLINE:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
