@@ -1260,20 +1260,24 @@ fn contains_memo(
     generations: &mut HashMap<Oid, u64>,
     t: Oid,
     x: Oid,
-    memo: &mut HashMap<Oid, bool>,
+    memo: &mut ContainsMemo,
 ) -> Result<bool, StoreError> {
     contains_depth(repo, generations, t, x, memo, 0)
 }
+
+/// Answers of `contains(t, x)` already known, by `(t, x)`: one memo serves
+/// both directions of a head plan.
+type ContainsMemo = HashMap<(Oid, Oid), bool>;
 
 fn contains_depth(
     repo: &Repository,
     generations: &mut HashMap<Oid, u64>,
     t: Oid,
     x: Oid,
-    memo: &mut HashMap<Oid, bool>,
+    memo: &mut ContainsMemo,
     depth: usize,
 ) -> Result<bool, StoreError> {
-    if let Some(answer) = memo.get(&x) {
+    if let Some(answer) = memo.get(&(t, x)) {
         return Ok(*answer);
     }
     let answer = if descends(repo, generations, t, x)? {
@@ -1293,7 +1297,7 @@ fn contains_depth(
             all
         }
     };
-    memo.insert(x, answer);
+    memo.insert((t, x), answer);
     Ok(answer)
 }
 
