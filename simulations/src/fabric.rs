@@ -56,6 +56,8 @@ struct InFlight {
     from: SocketAddr,
     to: SocketAddr,
     bytes: Vec<u8>,
+    /// When the node sent it: the router may see it later, when it is busy.
+    sent_at: Instant,
 }
 
 /// Why datagrams were dropped, with counts and bytes.
@@ -88,6 +90,86 @@ pub struct FabricTotals {
     pub delivered: u64,
     /// Datagrams dropped, by reason.
     pub dropped: DropCounts,
+    /// How late datagrams were delivered against their links' schedule.
+    pub lateness: Lateness,
+}
+
+/// How late the fabric delivered datagrams against the schedule its links
+/// set: the simulator's own timekeeping. Every node shares the machine's
+/// cores with the router; when they starve it, every link is slower than
+/// configured, and a run's timings measure the machine as much as the
+/// protocol. A log-scale histogram (4 buckets per doubling, from 1 µs), so
+/// it stays small however long the run.
+#[derive(Debug, Clone, Default)]
+pub struct Lateness {
+    buckets: Vec<u64>,
+    count: u64,
+    max: Duration,
+}
+
+/// Buckets of [`Lateness`]: 4 per doubling up to 2^32 µs (over an hour).
+const LATENESS_BUCKETS: usize = 4 * 32;
+
+impl Lateness {
+    /// Counts one delivery `late` behind schedule.
+    pub fn record(&mut self, late: Duration) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; LATENESS_BUCKETS];
+        }
+        let micros = late.as_micros().min(u128::from(u64::MAX)) as f64;
+        let bucket = ((micros + 1.0).log2() * 4.0) as usize;
+        self.buckets[bucket.min(LATENESS_BUCKETS - 1)] += 1;
+        self.count += 1;
+        self.max = self.max.max(late);
+    }
+
+    /// Deliveries counted.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `q` quantile, as the upper bound of its bucket (at most 19 %
+    /// above the true value), never above the largest seen.
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.count == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((self.count - 1) as f64 * q).round() as u64;
+        let mut seen = 0;
+        for (bucket, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen > rank {
+                let upper = 2f64.powf((bucket + 1) as f64 / 4.0) - 1.0;
+                return Duration::from_secs_f64(upper / 1e6).min(self.max);
+            }
+        }
+        self.max
+    }
+
+    /// The largest lateness seen.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+}
+
+impl Serialize for Lateness {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Summary {
+            count: u64,
+            p50_ms: f64,
+            p99_ms: f64,
+            max_ms: f64,
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Summary {
+            count: self.count,
+            p50_ms: ms(self.quantile(0.5)),
+            p99_ms: ms(self.quantile(0.99)),
+            max_ms: ms(self.max),
+        }
+        .serialize(serializer)
+    }
 }
 
 struct State {
@@ -272,6 +354,8 @@ fn decide(s: &mut State, d: &InFlight, now: Instant) -> Fate {
 struct Scheduled {
     at: Instant,
     seq: u64,
+    /// How long the datagram waited for the router before `at` was set.
+    queued: Duration,
     datagram: InFlight,
 }
 
@@ -305,7 +389,8 @@ async fn route(state: std::sync::Weak<Mutex<State>>, mut inbox: mpsc::Receiver<I
                 let fate = decide(&mut state.lock().unwrap_or_else(|p| p.into_inner()), &datagram, now);
                 if let Fate::Deliver(at) = fate {
                     seq += 1;
-                    pending.push(Reverse(Scheduled { at, seq, datagram }));
+                    let queued = now.saturating_duration_since(datagram.sent_at);
+                    pending.push(Reverse(Scheduled { at, seq, queued, datagram }));
                 }
             }
             () = sleep_until(next), if next.is_some() => {
@@ -313,8 +398,11 @@ async fn route(state: std::sync::Weak<Mutex<State>>, mut inbox: mpsc::Receiver<I
                 let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
                 while pending.peek().is_some_and(|Reverse(p)| p.at <= now) {
-                    let Reverse(Scheduled { datagram, .. }) = pending.pop().expect("peeked");
-                    deliver(&mut s, datagram);
+                    let Reverse(Scheduled { at, queued, datagram, .. }) =
+                        pending.pop().expect("peeked");
+                    if deliver(&mut s, datagram) {
+                        s.totals.lateness.record(queued + now.saturating_duration_since(at));
+                    }
                 }
             }
         }
@@ -327,10 +415,11 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-fn deliver(s: &mut State, d: InFlight) {
+/// Hands `d` to its destination's socket; whether it got there.
+fn deliver(s: &mut State, d: InFlight) -> bool {
     let Some((node, inbox)) = s.sockets.get(&d.to) else {
         s.totals.dropped.unbound += 1;
-        return;
+        return false;
     };
     let node = *node;
     let len = d.bytes.len() as u64;
@@ -341,8 +430,12 @@ fn deliver(s: &mut State, d: InFlight) {
         Ok(()) => {
             s.totals.delivered += 1;
             s.totals.received_bytes[node] += len;
+            true
         }
-        Err(_) => s.totals.dropped.overrun += 1,
+        Err(_) => {
+            s.totals.dropped.overrun += 1;
+            false
+        }
     }
 }
 
@@ -387,6 +480,7 @@ impl AsyncUdpSocket for SimSocket {
                 from: self.addr,
                 to: transmit.destination,
                 bytes: chunk.to_vec(),
+                sent_at: Instant::now(),
             });
         }
         Ok(())
@@ -492,7 +586,39 @@ mod tests {
         assert_eq!(totals.dropped.mtu, 1);
         assert_eq!(totals.dropped.unbound, 1);
         assert_eq!(totals.delivered, 2);
+        assert_eq!(totals.lateness.count(), 2, "every delivery is timed");
         assert_eq!(totals.group_bytes[0][1], 5 + 3 + 6 + 1_600 + 6);
+    }
+
+    #[test]
+    fn lateness_quantiles_come_from_the_buckets() {
+        let mut lateness = Lateness::default();
+        assert_eq!(lateness.quantile(0.5), Duration::ZERO);
+        for _ in 0..98 {
+            lateness.record(Duration::from_micros(100));
+        }
+        lateness.record(Duration::from_millis(50));
+        lateness.record(Duration::from_secs(3));
+        let p50 = lateness.quantile(0.5);
+        assert!(
+            p50 >= Duration::from_micros(100) && p50 <= Duration::from_micros(120),
+            "{p50:?}"
+        );
+        let p99 = lateness.quantile(0.99);
+        assert!(
+            p99 >= Duration::from_millis(50) && p99 <= Duration::from_micros(59_500),
+            "{p99:?}"
+        );
+        assert_eq!(
+            lateness.quantile(1.0),
+            Duration::from_secs(3),
+            "capped at the max"
+        );
+        assert_eq!(lateness.max(), Duration::from_secs(3));
+        assert_eq!(lateness.count(), 100);
+        let json = serde_json::to_value(&lateness).unwrap();
+        assert_eq!(json["count"], 100);
+        assert_eq!(json["max_ms"], 3000.0);
     }
 
     #[tokio::test]

@@ -3,9 +3,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use starling_sim::{Overrides, Progress, Scenario};
+
+/// Fabric lateness (p99) past which a run's summary warns that the machine,
+/// not only the protocol, set its timings: far above any link latency a
+/// scenario configures for a campus, and still well under its timers.
+const LATENESS_WARN_P99: Duration = Duration::from_millis(100);
 
 /// Simulate Starling swarms over a virtual network.
 #[derive(Parser)]
@@ -142,6 +148,20 @@ fn main() -> anyhow::Result<ExitCode> {
                 );
                 if let Some(t) = v.first_cross_delivery_after_heal_s {
                     println!("  first message across the healed cut after {t:.2}s");
+                }
+                let late = &v.wire.lateness;
+                println!(
+                    "  fabric lateness: p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms",
+                    late.quantile(0.5).as_secs_f64() * 1e3,
+                    late.quantile(0.99).as_secs_f64() * 1e3,
+                    late.max().as_secs_f64() * 1e3
+                );
+                if late.quantile(0.99) > LATENESS_WARN_P99 {
+                    println!(
+                        "  warning: the fabric delivered late (p99 over {} ms): this machine's \
+                         cores were saturated, so timings here measure it as well as the protocol",
+                        LATENESS_WARN_P99.as_millis()
+                    );
                 }
                 if let Some(b) = &v.git_baseline {
                     println!(
