@@ -5,8 +5,6 @@
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -143,9 +141,7 @@ pub async fn serve_git(channel: Channel, path: PathBuf) -> Result<(), ChannelIoE
 
 /// Fetches the peer's head over `channel` into the repository at `path`,
 /// under the quarantine ref of `peer` (validation is the store's business).
-/// With `init`, creates the bare repository first (a clone). Dropping the
-/// future (a timeout) abandons the fetch: the blocking libgit2 work stops
-/// at its next read or write instead of running on beside a retry.
+/// With `init`, creates the bare repository first (a clone).
 pub async fn fetch_git(
     channel: Channel,
     path: PathBuf,
@@ -153,9 +149,6 @@ pub async fn fetch_git(
     init: bool,
 ) -> Result<git_wire::client::Fetched, ChannelIoError> {
     let bridge = SyncIoBridge::new(ChannelStream::new(channel));
-    let abandoned = Arc::new(AtomicBool::new(false));
-    // Lives as long as this future: dropped unfinished, it sets the flag.
-    let _abandon_when_dropped = AbandonWhenDropped(abandoned.clone());
     tokio::task::spawn_blocking(move || {
         // Durable opens: the fetched pack is fsync'd before the conversation
         // moves any ref to it.
@@ -165,22 +158,8 @@ pub async fn fetch_git(
             durable::open_bare(&path)?
         };
         let refspec = format!("+{HEAD_REF}:{}", quarantine_ref(&peer.to_hex()));
-        Ok(git_wire::client::fetch_abandonable(
-            &repo,
-            bridge,
-            &[refspec.as_str()],
-            abandoned,
-        )?)
+        Ok(git_wire::client::fetch(&repo, bridge, &[refspec.as_str()])?)
     })
     .await
     .map_err(|e| ChannelIoError::Join(e.to_string()))?
-}
-
-/// Sets its flag when dropped (see [`fetch_git`]).
-struct AbandonWhenDropped(Arc<AtomicBool>);
-
-impl Drop for AbandonWhenDropped {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }

@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
 
@@ -73,28 +73,16 @@ impl SmartSubtransport for ParkedStreamTransport {
 }
 
 /// Counts bytes read and refuses to read past a bound, so a peer cannot feed
-/// libgit2 an endless pack; fails every read and write once the fetch is
-/// abandoned, so libgit2 stops.
+/// libgit2 an endless pack.
 struct BoundedStream<S> {
     inner: S,
     /// Shared with the fetch so it can report bytes after libgit2 drops the stream.
-    read_bytes: Arc<AtomicU64>,
+    read_bytes: std::sync::Arc<AtomicU64>,
     limit_bytes: u64,
-    abandoned: Arc<AtomicBool>,
-}
-
-impl<S> BoundedStream<S> {
-    fn check_abandoned(&self) -> io::Result<()> {
-        if self.abandoned.load(Ordering::Relaxed) {
-            return Err(io::Error::other("fetch abandoned by its caller"));
-        }
-        Ok(())
-    }
 }
 
 impl<S: Read> Read for BoundedStream<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.check_abandoned()?;
         if self.read_bytes.load(Ordering::Relaxed) >= self.limit_bytes {
             return Err(io::Error::other(format!(
                 "peer sent more than {} bytes",
@@ -109,7 +97,6 @@ impl<S: Read> Read for BoundedStream<S> {
 
 impl<S: Write> Write for BoundedStream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.check_abandoned()?;
         self.inner.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -132,28 +119,13 @@ pub fn fetch(
     stream: impl FetchStream,
     refspecs: &[&str],
 ) -> Result<Fetched, GitWireError> {
-    fetch_abandonable(repo, stream, refspecs, Arc::new(AtomicBool::new(false)))
-}
-
-/// [`fetch`], which fails at its next read or write of `stream` once
-/// `abandoned` is set. A caller that stops waiting for a fetch (a timeout)
-/// sets it: libgit2 runs on a blocking thread that would otherwise go on
-/// downloading, indexing and writing the quarantine ref that the caller's
-/// next attempt uses too.
-pub fn fetch_abandonable(
-    repo: &git2::Repository,
-    stream: impl FetchStream,
-    refspecs: &[&str],
-    abandoned: Arc<AtomicBool>,
-) -> Result<Fetched, GitWireError> {
     register_scheme()?;
     let key = NEXT_FETCH.fetch_add(1, Ordering::Relaxed);
-    let read_bytes = Arc::new(AtomicU64::new(0));
+    let read_bytes = std::sync::Arc::new(AtomicU64::new(0));
     let bounded = BoundedStream {
         inner: stream,
         read_bytes: read_bytes.clone(),
         limit_bytes: PACK_BYTES_MAX,
-        abandoned,
     };
     parked()
         .lock()
