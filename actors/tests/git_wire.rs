@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use starling_actors::git_wire::client::{fetch, Fetched};
+use starling_actors::git_wire::client::{fetch, fetch_watched, FetchWatch, Fetched};
 use starling_actors::git_wire::server::{serve_upload_pack, Served};
 use starling_actors::git_wire::GitWireError;
 
@@ -221,5 +221,65 @@ fn a_peer_that_hangs_up_mid_negotiation_is_reported() {
     assert!(
         matches!(result, Err(GitWireError::HungUp) | Err(GitWireError::Io(_))),
         "{result:?}"
+    );
+}
+
+/// A client stream that abandons its fetch once the server has answered
+/// once (the ref advertisement): the caller gave up mid-fetch.
+struct GiveUpAfterFirstRead {
+    inner: UnixStream,
+    watch: FetchWatch,
+}
+
+impl Read for GiveUpAfterFirstRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.watch.abandon();
+        Ok(n)
+    }
+}
+
+impl Write for GiveUpAfterFirstRead {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A fetch whose caller gave up stops at its next read or write: it does
+/// not download the pack or write the ref, and the serving side sees the
+/// client go away instead of serving to the end. Until then the watch shows
+/// its progress.
+#[test]
+fn an_abandoned_fetch_stops_at_its_next_read_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = bare(&dir.path().join("server.git"));
+    let client = bare(&dir.path().join("client.git"));
+    add_commits(&server, 200, "many");
+    let (server_end, client_end) = UnixStream::pair().unwrap();
+    let server_path = server.path().to_owned();
+    let serving = std::thread::spawn(move || {
+        let repo = git2::Repository::open_bare(server_path).unwrap();
+        let mut stream = server_end;
+        serve_upload_pack(&repo, &mut stream).map_err(|e| e.to_string())
+    });
+    let watch = FetchWatch::default();
+    let stream = GiveUpAfterFirstRead {
+        inner: client_end,
+        watch: watch.clone(),
+    };
+    let fetched = fetch_watched(&client, stream, &[REFSPEC], watch.clone());
+    let error = fetched.expect_err("an abandoned fetch fails").to_string();
+    assert!(error.contains("abandoned"), "{error}");
+    assert!(watch.read_bytes() > 0, "the advertisement was read");
+    assert!(
+        client.references().unwrap().next().is_none(),
+        "no ref is written"
+    );
+    assert!(
+        serving.join().unwrap().is_err(),
+        "the server saw the client go"
     );
 }

@@ -15,6 +15,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::conversation::durable;
 use crate::conversation::store::{quarantine_ref, HEAD_REF};
+use crate::git_wire::client::FetchWatch;
 use crate::git_wire::{self, GitWireError};
 use crate::transport::{Channel, ChannelRecv, ChannelSend};
 
@@ -148,7 +149,23 @@ pub async fn fetch_git(
     peer: DeviceId,
     init: bool,
 ) -> Result<git_wire::client::Fetched, ChannelIoError> {
+    fetch_git_watched(channel, path, peer, init, FetchWatch::default()).await
+}
+
+/// [`fetch_git`], sharing `watch` with the caller, who sees its progress.
+/// Dropping the future (a caller that gave up) abandons the fetch: the
+/// blocking libgit2 work stops at its next read or write instead of
+/// running on beside a retry.
+pub async fn fetch_git_watched(
+    channel: Channel,
+    path: PathBuf,
+    peer: DeviceId,
+    init: bool,
+    watch: FetchWatch,
+) -> Result<git_wire::client::Fetched, ChannelIoError> {
     let bridge = SyncIoBridge::new(ChannelStream::new(channel));
+    // Lives as long as this future: dropped unfinished, it abandons the fetch.
+    let _abandon_when_dropped = AbandonWhenDropped(watch.clone());
     tokio::task::spawn_blocking(move || {
         // Durable opens: the fetched pack is fsync'd before the conversation
         // moves any ref to it.
@@ -158,8 +175,23 @@ pub async fn fetch_git(
             durable::open_bare(&path)?
         };
         let refspec = format!("+{HEAD_REF}:{}", quarantine_ref(&peer.to_hex()));
-        Ok(git_wire::client::fetch(&repo, bridge, &[refspec.as_str()])?)
+        Ok(git_wire::client::fetch_watched(
+            &repo,
+            bridge,
+            &[refspec.as_str()],
+            watch,
+        )?)
     })
     .await
     .map_err(|e| ChannelIoError::Join(e.to_string()))?
+}
+
+/// Abandons its fetch when dropped (see [`fetch_git_watched`]); after the
+/// fetch finished, that is a no-op.
+struct AbandonWhenDropped(FetchWatch);
+
+impl Drop for AbandonWhenDropped {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
 }

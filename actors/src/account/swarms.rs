@@ -44,7 +44,7 @@ use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::swarm::limits::TEXT_BYTES_MAX;
 use starling_protocol::{AccountId, AccountIdentity, DeviceId, VerifiedDevice};
 
-use super::channel_io::{fetch_git, receive_frame, send_frame_with, serve_git};
+use super::channel_io::{fetch_git, fetch_git_watched, receive_frame, send_frame_with, serve_git};
 use super::events::{ConnectionState, Event, EventBus, SyncState};
 use super::Account;
 use crate::conversation::actor::{
@@ -56,6 +56,7 @@ use crate::conversation::{
     BatchPack, Conversation, ConversationError, DeviceSigner, MessageItem, Role, Store, StoreError,
     SwarmMetrics, SwarmView,
 };
+use crate::git_wire::client::FetchWatch;
 use crate::transport::{
     ConnectionEvent, ExpectedPeer, IncomingChannel, OpenChannel, PeerState, RegisterChannel,
     SubscribeEvents, Transport, UpdateRevocations, WantPeer,
@@ -63,9 +64,12 @@ use crate::transport::{
 
 /// How often heads are exchanged with every connected member device.
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(5);
-/// Longest one fetch (channel open, pack, validation, merge) may take
-/// before it counts as failed and another announcer is tried.
-pub const FETCH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a fetch (channel open, then the pack's transfer) may go without
+/// reading a byte before it counts as failed, is abandoned, and another
+/// announcer is tried. Progress, not total time: under load, a catch-up
+/// of a thousand commits may take longer than this and still be the only
+/// way to get them.
+pub const FETCH_STALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pending invitations kept; further ones are dropped and counted.
 pub const INVITATIONS_MAX: usize = 256;
 /// Conversations one account holds.
@@ -539,13 +543,15 @@ fn start_fetch(
     }
     let began = Instant::now();
     tracing::info!(%peer, %conversation, head = %start.head, "fetching");
+    let watch = FetchWatch::default();
+    let transfer = watch.clone();
     let fetch = async move {
         let channel = transport
             .send(OpenChannel { peer, name })
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        fetch_git(channel, path, peer, false)
+        fetch_git_watched(channel, path, peer, false, transfer)
             .await
             .map_err(|e| e.to_string())?;
         addr.send(ReceiveQuarantined { peer, wanted })
@@ -553,12 +559,24 @@ fn start_fetch(
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
     };
-    // Bounded: a fetch stuck on a dead stream must not hold the peer's slot
-    // in the scheduler until its much longer timeout.
+    // A fetch stuck on a dead stream must not hold the peer's slot in the
+    // scheduler until its much longer timeout; one that is still reading
+    // (or validating what it read) is let finish. Dropped, it is abandoned.
     let fetch = async move {
-        tokio::time::timeout(FETCH_ATTEMPT_TIMEOUT, fetch)
-            .await
-            .unwrap_or_else(|_| Err(format!("no result within {FETCH_ATTEMPT_TIMEOUT:?}")))
+        tokio::pin!(fetch);
+        let mut read_before = 0;
+        loop {
+            tokio::select! {
+                result = &mut fetch => return result,
+                () = tokio::time::sleep(FETCH_STALL_TIMEOUT) => {
+                    let read = watch.read_bytes();
+                    if read == read_before && !watch.finished() {
+                        return Err(format!("nothing read within {FETCH_STALL_TIMEOUT:?}"));
+                    }
+                    read_before = read;
+                }
+            }
+        }
     };
     ctx.spawn(
         fetch

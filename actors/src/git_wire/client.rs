@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
 
@@ -72,31 +72,70 @@ impl SmartSubtransport for ParkedStreamTransport {
     }
 }
 
+/// What a fetch on its blocking thread shares with the caller waiting for
+/// it: the bytes read so far (is it making progress?) and a flag that
+/// abandons it (fails its next read or write, so libgit2 stops instead of
+/// downloading, indexing and writing a ref nobody waits for).
+#[derive(Debug, Clone, Default)]
+pub struct FetchWatch {
+    abandoned: Arc<AtomicBool>,
+    read_bytes: Arc<AtomicU64>,
+    finished: Arc<AtomicBool>,
+}
+
+impl FetchWatch {
+    /// Whether the fetch has returned (whatever its outcome).
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// Abandons the fetch at its next read or write.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    /// Bytes the fetch has read from its stream so far.
+    pub fn read_bytes(&self) -> u64 {
+        self.read_bytes.load(Ordering::Relaxed)
+    }
+}
+
 /// Counts bytes read and refuses to read past a bound, so a peer cannot feed
-/// libgit2 an endless pack.
+/// libgit2 an endless pack; fails every read and write once the fetch is
+/// abandoned, so libgit2 stops.
 struct BoundedStream<S> {
     inner: S,
-    /// Shared with the fetch so it can report bytes after libgit2 drops the stream.
-    read_bytes: std::sync::Arc<AtomicU64>,
+    watch: FetchWatch,
     limit_bytes: u64,
+}
+
+impl<S> BoundedStream<S> {
+    fn check_abandoned(&self) -> io::Result<()> {
+        if self.watch.abandoned.load(Ordering::Relaxed) {
+            return Err(io::Error::other("fetch abandoned by its caller"));
+        }
+        Ok(())
+    }
 }
 
 impl<S: Read> Read for BoundedStream<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.read_bytes.load(Ordering::Relaxed) >= self.limit_bytes {
+        self.check_abandoned()?;
+        if self.watch.read_bytes() >= self.limit_bytes {
             return Err(io::Error::other(format!(
                 "peer sent more than {} bytes",
                 self.limit_bytes
             )));
         }
         let n = self.inner.read(buf)?;
-        self.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.watch.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
 
 impl<S: Write> Write for BoundedStream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.check_abandoned()?;
         self.inner.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -119,12 +158,22 @@ pub fn fetch(
     stream: impl FetchStream,
     refspecs: &[&str],
 ) -> Result<Fetched, GitWireError> {
+    fetch_watched(repo, stream, refspecs, FetchWatch::default())
+}
+
+/// [`fetch`], sharing `watch` with the caller: it can see the bytes read
+/// and abandon the fetch (see [`FetchWatch`]).
+pub fn fetch_watched(
+    repo: &git2::Repository,
+    stream: impl FetchStream,
+    refspecs: &[&str],
+    watch: FetchWatch,
+) -> Result<Fetched, GitWireError> {
     register_scheme()?;
     let key = NEXT_FETCH.fetch_add(1, Ordering::Relaxed);
-    let read_bytes = std::sync::Arc::new(AtomicU64::new(0));
     let bounded = BoundedStream {
         inner: stream,
-        read_bytes: read_bytes.clone(),
+        watch: watch.clone(),
         limit_bytes: PACK_BYTES_MAX,
     };
     parked()
@@ -139,9 +188,10 @@ pub fn fetch(
         let stats = remote.stats();
         Ok(Fetched {
             received_objects: stats.received_objects(),
-            received_bytes: read_bytes.load(Ordering::Relaxed),
+            received_bytes: watch.read_bytes(),
         })
     })();
+    watch.finished.store(true, Ordering::Relaxed);
     // If libgit2 failed before taking the stream, don't leave it parked.
     parked()
         .lock()
