@@ -303,7 +303,13 @@ impl Swarms {
     /// Announces `conversation`'s head to its connected member devices,
     /// unless that head was announced already.
     fn announce(&mut self, conversation: &CommitId) {
-        self.announce_with(conversation, None, false)
+        self.announce_with(conversation, None, false, None)
+    }
+
+    /// Like [`Swarms::announce`], except to `holder`, a device known to hold
+    /// the head already.
+    fn announce_except(&mut self, conversation: &CommitId, holder: Option<DeviceId>) {
+        self.announce_with(conversation, None, false, holder)
     }
 
     /// Announces the head: with `pack` (the objects of the batch that made
@@ -314,6 +320,7 @@ impl Swarms {
         conversation: &CommitId,
         pack: Option<Arc<BatchPack>>,
         again: bool,
+        holder: Option<DeviceId>,
     ) {
         if self.tuning.drop_announcements {
             return;
@@ -338,7 +345,10 @@ impl Swarms {
         };
         let entry = &self.registry[conversation];
         for device in &entry.view.member_devices {
-            if *device != self.local_device && self.connected.contains_key(device) {
+            if *device != self.local_device
+                && Some(*device) != holder
+                && self.connected.contains_key(device)
+            {
                 self.tell_with(*device, *conversation, frame.clone(), pack.clone());
             }
         }
@@ -490,7 +500,7 @@ pub(super) fn start(account: &mut Account, ctx: &mut Context<Account>) {
         let mut all = Vec::new();
         for id in ids {
             if sw.tuning.anti_entropy {
-                sw.announce_with(&id, None, true);
+                sw.announce_with(&id, None, true, None);
             }
             if let Some(entry) = sw.registry.get_mut(&id) {
                 all.push((id, entry.scheduler.tick(now)));
@@ -869,7 +879,9 @@ impl Handler<FrameReceived> for Account {
                                 accepted: received.report.accepted,
                             };
                             if before != after {
-                                sw.announce(&conversation);
+                                // The announcer holds the head it sent us.
+                                let skip = (after == heads[0]).then_some(peer.device_id);
+                                sw.announce_except(&conversation, skip);
                                 head_moved(act, ctx, conversation, before, after, Some(sync_event));
                             } else {
                                 sw.events.publish(sync_event);
@@ -925,6 +937,24 @@ fn heads_announced(
     if !may_announce(&entry.view, &peer) {
         return;
     }
+    // Our own head echoed back (every member re-announces a head it takes)
+    // needs no question to the conversation, which would also cut short the
+    // batch it is gathering.
+    let ours = entry.view.head;
+    if heads.iter().all(|h| *h == ours) {
+        if let Some(entry) = account
+            .swarms
+            .as_mut()
+            .and_then(|sw| sw.registry.get_mut(&conversation))
+        {
+            let starts =
+                entry
+                    .scheduler
+                    .heads_announced(&peer.device_id, &heads, |_| true, Instant::now());
+            start_fetches(account, ctx, conversation, starts);
+        }
+        return;
+    }
     let addr = entry.addr.clone();
     ctx.spawn(
         addr.send(Holds(heads.clone()))
@@ -965,7 +995,7 @@ impl Handler<BatchDurable> for Account {
         };
         let (before, after) = (entry.view.head, msg.view.head);
         entry.view = msg.view;
-        sw.announce_with(&conversation, msg.pack, false);
+        sw.announce_with(&conversation, msg.pack, false, None);
         head_moved(self, ctx, conversation, before, after, None);
     }
 }
