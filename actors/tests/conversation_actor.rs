@@ -11,8 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use prometheus::Registry;
-use starling_actors::conversation::actor::{Author, GetView, ListMessages, BATCH_COMMITS_MAX};
-use starling_actors::conversation::durable::PACKS_MAX;
+use starling_actors::conversation::actor::{
+    Author, GetView, Holds, ListMessages, BATCH_COMMITS_MAX,
+};
+use starling_actors::conversation::durable::{PACKS_MAX, PACK_WINDOW_MEMORY};
 use starling_actors::conversation::store::{oid, HEAD_REF};
 use starling_actors::conversation::{Conversation, DeviceSigner, Store, SwarmMetrics};
 use starling_protocol::swarm::body::{BodyKind, MemberAction, Mode};
@@ -244,4 +246,97 @@ fn sequential_batches_keep_the_pack_count_bounded() {
     for id in ids {
         assert!(on_disk(&s.path, oid(&id)));
     }
+}
+
+/// Questions about held heads (one per announcement a peer makes) arrive
+/// between sends under load. They are answered from the durable head and
+/// leave the batch being gathered alone: interleaved with as many sends,
+/// they neither split the sends into a batch each nor lose one, and they
+/// answer right (the durable head held, an unknown commit not).
+#[actix::test]
+async fn held_questions_between_sends_do_not_split_batches() {
+    let s = swarm();
+    let metrics = SwarmMetrics::register(&s.registry).unwrap();
+    let addr = Conversation::start_on_own_thread(s.path.clone(), s.signer.clone(), metrics);
+    let start = addr.send(GetView).await.unwrap().unwrap().head;
+    let unknown = CommitId::from_bytes([7; 20]);
+    let sends = 60;
+    let mut acks = FuturesUnordered::new();
+    let mut answers = FuturesUnordered::new();
+    for i in 0..sends {
+        acks.push(addr.send(text(&format!("m{i}"))));
+        answers.push(addr.send(Holds(vec![start, unknown])));
+    }
+    let mut per_head: BTreeMap<CommitId, usize> = BTreeMap::new();
+    while let Some(reply) = acks.next().await {
+        let (id, view) = reply.unwrap().unwrap();
+        assert!(on_disk(&s.path, oid(&id)), "acknowledged before durable");
+        *per_head.entry(view.head).or_default() += 1;
+    }
+    while let Some(answer) = answers.next().await {
+        assert_eq!(answer.unwrap().unwrap(), BTreeSet::from([start]));
+    }
+    assert_eq!(per_head.values().sum::<usize>(), sends);
+    assert!(
+        per_head.len() <= sends / 4,
+        "{sends} sends between as many questions made {} batches",
+        per_head.len()
+    );
+}
+
+/// Every conversation repository bounds libgit2's delta search to one
+/// candidate base (`pack.windowMemory`), set when it is created and added
+/// when an older one is opened, and its packs still hold deltas.
+#[test]
+fn repositories_bound_the_delta_search_and_still_delta() {
+    let s = swarm();
+    let (key, value) = PACK_WINDOW_MEMORY;
+    let config_value = |path: &std::path::Path| {
+        git2::Repository::open_bare(path)
+            .unwrap()
+            .config()
+            .unwrap()
+            .snapshot()
+            .unwrap()
+            .get_i64(key)
+            .ok()
+    };
+    assert_eq!(config_value(&s.path), Some(value));
+    git2::Repository::open_bare(&s.path)
+        .unwrap()
+        .config()
+        .unwrap()
+        .remove(key)
+        .unwrap();
+    assert_eq!(config_value(&s.path), None);
+
+    let mut store = Store::open(&s.path).unwrap();
+    assert_eq!(config_value(&s.path), Some(value), "added on opening");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for i in 0..2 * PACKS_MAX {
+        store
+            .send_text(&s.signer, &format!("message number {i}"), now)
+            .unwrap();
+    }
+    // Consolidation has merged batches into a larger pack by now.
+    let largest = std::fs::read_dir(s.path.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .max_by_key(|p| std::fs::metadata(p.with_extension("pack")).unwrap().len())
+        .unwrap();
+    let verify = std::process::Command::new("git")
+        .args(["verify-pack", "-v"])
+        .arg(&largest)
+        .output()
+        .unwrap();
+    assert!(verify.status.success());
+    let listing = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        listing.contains("chain length = 1"),
+        "no object of the consolidated pack is a delta:\n{listing}"
+    );
 }

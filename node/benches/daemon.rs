@@ -33,8 +33,11 @@ const LATENCY_MESSAGES: usize = 1_000;
 const LATENCY_WARM_UP: usize = 20;
 /// Messages posted by the throughput benchmark.
 const THROUGHPUT_MESSAGES: usize = 5_000;
-/// Concurrent HTTP clients posting them.
-const THROUGHPUT_CLIENTS: usize = 16;
+/// Concurrent HTTP clients posting them, one run per entry: a few busy
+/// applications, then enough load to show the group-commit ceiling.
+const THROUGHPUT_CLIENTS: [usize; 2] = [16, 64];
+/// Clients that fill the catch-up benchmark's history.
+const HISTORY_CLIENTS: usize = 16;
 /// History a fresh member catches up on.
 const CATCH_UP_MESSAGES: usize = 10_000;
 /// Longest any wait in a benchmark may take before it fails.
@@ -368,50 +371,88 @@ fn post_concurrently(node: &Node, id: &str, count: usize, clients: usize, label:
     });
 }
 
-fn throughput(root: &Path) -> Vec<(String, String)> {
-    let (nodes, id) = swarm_of(root, &["alice", "bob", "carol"]);
-    let count = scaled(THROUGHPUT_MESSAGES);
+/// What one throughput run measured.
+struct ThroughputRun {
+    acknowledged: Duration,
+    converged: Duration,
+    mean_batch: f64,
+    /// Fetches the other replicas made (batches whose inline pack they
+    /// could not take).
+    fetches: f64,
+}
+
+/// One throughput run: `count` messages from `clients` concurrent clients
+/// into `nodes[0]`, timed until acknowledged and until every replica holds
+/// the same head.
+fn throughput_run(nodes: &[Node], id: &str, count: usize, clients: usize) -> ThroughputRun {
+    let fetches = || -> f64 {
+        nodes[1..]
+            .iter()
+            .map(|n| n.metric("starling_swarm_fetches_total"))
+            .sum()
+    };
+    let fetches_before = fetches();
+    let batches_before = nodes[0].metric("starling_swarm_batch_commits_count");
+    let batched_before = nodes[0].metric("starling_swarm_batch_commits_sum");
     let began = Instant::now();
-    post_concurrently(&nodes[0], &id, count, THROUGHPUT_CLIENTS, "throughput");
+    post_concurrently(&nodes[0], id, count, clients, "throughput");
     let acknowledged = began.elapsed();
     // Converged: every replica reports the same head (re-read each time:
     // a replica that merged moves the others on).
     wait_for("replicas to converge", || {
-        let heads: Vec<Option<String>> = nodes.iter().map(|n| n.head(&id)).collect();
+        let heads: Vec<Option<String>> = nodes.iter().map(|n| n.head(id)).collect();
         (heads[0].is_some() && heads.windows(2).all(|w| w[0] == w[1])).then_some(())
     });
     let converged = began.elapsed();
-    let batches = nodes[0].metric("starling_swarm_batch_commits_count");
-    let batched = nodes[0].metric("starling_swarm_batch_commits_sum");
+    let batches = nodes[0].metric("starling_swarm_batch_commits_count") - batches_before;
+    let batched = nodes[0].metric("starling_swarm_batch_commits_sum") - batched_before;
+    ThroughputRun {
+        acknowledged,
+        converged,
+        mean_batch: batched / batches.max(1.0),
+        fetches: fetches() - fetches_before,
+    }
+}
+
+fn throughput(root: &Path) -> Vec<(String, String)> {
+    let (nodes, id) = swarm_of(root, &["alice", "bob", "carol"]);
+    let count = scaled(THROUGHPUT_MESSAGES);
+    let mut rows = Vec::new();
+    for clients in THROUGHPUT_CLIENTS {
+        let run = throughput_run(&nodes, &id, count, clients);
+        rows.extend([
+            (
+                format!("throughput: {count} messages, {clients} clients → alice, all 3 converged"),
+                format!("{:.0} msg/s", count as f64 / run.converged.as_secs_f64()),
+            ),
+            (
+                format!("throughput ({clients} clients): acknowledged (durable) on alice"),
+                format!("{:.0} msg/s", count as f64 / run.acknowledged.as_secs_f64()),
+            ),
+            (
+                format!("throughput ({clients} clients): convergence lag after the last ack"),
+                ms(run.converged - run.acknowledged),
+            ),
+            (
+                format!("throughput ({clients} clients): mean commits per durable batch"),
+                format!("{:.1}", run.mean_batch),
+            ),
+            (
+                format!("throughput ({clients} clients): fetches by bob and carol"),
+                format!("{:.0}", run.fetches),
+            ),
+        ]);
+    }
     // The sequential figure, for comparison: one client, one at a time.
     let sequential = scaled(500);
     let seq_began = Instant::now();
     post_concurrently(&nodes[0], &id, sequential, 1, "sequential");
     let seq_elapsed = seq_began.elapsed();
-    vec![
-        (
-            format!(
-                "throughput: {count} messages, {THROUGHPUT_CLIENTS} clients → alice, all 3 converged"
-            ),
-            format!("{:.0} msg/s", count as f64 / converged.as_secs_f64()),
-        ),
-        (
-            "throughput: acknowledged (durable) on alice".into(),
-            format!("{:.0} msg/s", count as f64 / acknowledged.as_secs_f64()),
-        ),
-        (
-            "throughput: convergence lag after the last ack".into(),
-            ms(converged - acknowledged),
-        ),
-        (
-            "throughput: mean commits per durable batch (group commit)".into(),
-            format!("{:.1}", batched / batches.max(1.0)),
-        ),
-        (
-            format!("throughput: one sequential client ({sequential} messages, acked)"),
-            format!("{:.0} msg/s", sequential as f64 / seq_elapsed.as_secs_f64()),
-        ),
-    ]
+    rows.push((
+        format!("throughput: one sequential client ({sequential} messages, acked)"),
+        format!("{:.0} msg/s", sequential as f64 / seq_elapsed.as_secs_f64()),
+    ));
+    rows
 }
 
 fn git(args: &[&str]) {
@@ -422,7 +463,7 @@ fn git(args: &[&str]) {
 fn catch_up(root: &Path) -> Vec<(String, String)> {
     let (mut nodes, id) = swarm_of(root, &["alice"]);
     let count = scaled(CATCH_UP_MESSAGES);
-    post_concurrently(&nodes[0], &id, count, THROUGHPUT_CLIENTS, "history");
+    post_concurrently(&nodes[0], &id, count, HISTORY_CLIENTS, "history");
     // Dave is fresh: a new account and daemon, told where alice is.
     let mut dave = Node::create(root, "dave");
     let alice_addr = nodes[0].peer_addr();

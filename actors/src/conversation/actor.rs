@@ -14,8 +14,9 @@
 //! every request already queued. Those are staged too, so when the flush runs
 //! it makes the whole batch durable with one pack fsync and one head move,
 //! and only then answers each held request. Under load, requests arriving
-//! during a flush form the next batch. Any other request flushes first, so
-//! nothing ever reads a head that is not on disk. A batch holds at most
+//! during a flush form the next batch. Any other request flushes first (but
+//! [`Holds`], which reads only the durable head), so nothing ever reads a
+//! head that is not on disk. A batch holds at most
 //! [`BATCH_COMMITS_MAX`] commits.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -144,6 +145,10 @@ pub struct Conversation {
     flush_queued: bool,
     /// Told of every durable batch before its requests are answered.
     listener: Option<Recipient<BatchDurable>>,
+    /// This actor, to queue [`Consolidate`] behind the replies of a write.
+    own: Option<Addr<Conversation>>,
+    /// Whether a [`Consolidate`] is in the mailbox.
+    consolidate_queued: bool,
 }
 
 impl Conversation {
@@ -159,6 +164,8 @@ impl Conversation {
             staged: 0,
             flush_queued: false,
             listener: None,
+            own: None,
+            consolidate_queued: false,
         }
     }
 
@@ -251,11 +258,23 @@ impl Conversation {
                         let _ = reply.send(Ok((waiter.id, view.clone())));
                     }
                 }
+                self.consolidate_later();
             }
             Err(e) => {
                 tracing::error!(error = %e, commits = staged, "batch not made durable");
                 self.fail(waiters, &e.to_string());
             }
+        }
+    }
+
+    /// Queues a [`Consolidate`] (once) behind what the mailbox holds.
+    fn consolidate_later(&mut self) {
+        if self.consolidate_queued {
+            return;
+        }
+        if let Some(own) = &self.own {
+            own.do_send(Consolidate);
+            self.consolidate_queued = true;
         }
     }
 
@@ -285,6 +304,26 @@ impl Conversation {
 
 impl Actor for Conversation {
     type Context = SyncContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.own = Some(ctx.address());
+    }
+}
+
+/// Merges packs past the bound ([`Store::consolidate_packs`]). Queued by a
+/// write that added a pack, so the write's replies go out first.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Consolidate;
+
+impl Handler<Consolidate> for Conversation {
+    type Result = ();
+    fn handle(&mut self, _: Consolidate, _: &mut Self::Context) {
+        self.consolidate_queued = false;
+        if let Some(store) = &self.store {
+            store.consolidate_packs();
+        }
+    }
 }
 
 fn now_secs() -> i64 {
@@ -471,14 +510,21 @@ pub struct Holds(pub Vec<CommitId>);
 impl Handler<Holds> for Conversation {
     type Result = Result<BTreeSet<CommitId>, ConversationError>;
     fn handle(&mut self, msg: Holds, _: &mut Self::Context) -> Self::Result {
-        self.flush_batch();
-        self.with_store(|store, _| {
+        // Answered from the durable head without flushing the batch being
+        // gathered: staged commits are its descendants, never reached from
+        // it, and no peer can announce them before they are durable. For
+        // the same reason a failure here keeps the store (and the batch).
+        let answer = self.store().and_then(|store| {
             let head = oid(&store.head()?);
             Ok(msg
                 .0
                 .into_iter()
                 .filter(|id| holds(store, head, id))
                 .collect())
+        });
+        answer.map_err(|source| ConversationError::Store {
+            conversation: self.path.display().to_string(),
+            source,
         })
     }
 }
@@ -530,6 +576,7 @@ impl Handler<ReceiveQuarantined> for Conversation {
                 .commits_accepted
                 .inc_by(received.report.accepted as u64);
         }
+        self.consolidate_later();
         result
     }
 }
@@ -595,6 +642,7 @@ impl Handler<ReceivePack> for Conversation {
                 .commits_accepted
                 .inc_by(received.report.accepted as u64);
         }
+        self.consolidate_later();
         result
     }
 }

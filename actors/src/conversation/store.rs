@@ -173,6 +173,8 @@ pub struct Store {
     staging: Staging,
     /// Head of the commits staged but not yet durable (`None`: nothing staged).
     staged_head: Option<Oid>,
+    /// The durable head the staged commits were built on.
+    staged_base: Option<Oid>,
     /// The pack of the last durable batch, if small enough to announce inline.
     batch_pack: Option<BatchPack>,
     repo: Repository,
@@ -225,6 +227,7 @@ impl Store {
         let mut store = Self {
             staging,
             staged_head: None,
+            staged_base: None,
             batch_pack: None,
             repo,
             conversation: commit_id(id),
@@ -262,6 +265,9 @@ impl Store {
     /// Opens an existing conversation repository.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let repo = durable::open_bare(path)?;
+        // Repositories made before the setting existed get it here, where
+        // the conversation (their one writer) opens them.
+        durable::tune_packing(&repo)?;
         let conversation = repo
             .config()?
             .get_string(CONFIG_CONVERSATION)
@@ -274,6 +280,7 @@ impl Store {
         Ok(Self {
             staging: Staging::attach(&repo)?,
             staged_head: None,
+            staged_base: None,
             batch_pack: None,
             repo,
             conversation,
@@ -316,6 +323,7 @@ impl Store {
         let mut store = Self {
             staging: Staging::attach(&repo)?,
             staged_head: None,
+            staged_base: None,
             batch_pack: None,
             repo,
             conversation,
@@ -553,6 +561,7 @@ impl Store {
     ) -> Result<CommitId, StoreError> {
         let id = self.author_staged(signer, kind, content, now_secs)?;
         self.commit_staged()?;
+        self.consolidate_packs();
         Ok(id)
     }
 
@@ -567,9 +576,12 @@ impl Store {
         content: Option<Vec<u8>>,
         now_secs: i64,
     ) -> Result<CommitId, StoreError> {
-        let head = match self.staged_head {
-            Some(staged) => staged,
-            None => self.repo.refname_to_id(HEAD_REF)?,
+        let (head, base) = match (self.staged_head, self.staged_base) {
+            (Some(staged), Some(base)) => (staged, base),
+            _ => {
+                let head = self.repo.refname_to_id(HEAD_REF)?;
+                (head, head)
+            }
         };
         let parent = self.view_of(head)?;
         let generation = parent.generation + 1;
@@ -630,6 +642,7 @@ impl Store {
         .map_err(|r| StoreError::Own(Box::new(r)))?;
         self.remember_tree(id, tree, &accepted);
         self.staged_head = Some(id);
+        self.staged_base = Some(base);
         Ok(commit_id(id))
     }
 
@@ -643,13 +656,13 @@ impl Store {
     /// head, or `None` when nothing was staged. On error nothing moved; the
     /// caller drops the store (the staged commits are lost, never half-written).
     pub fn commit_staged(&mut self) -> Result<Option<CommitId>, StoreError> {
-        let Some(staged) = self.staged_head else {
+        let (Some(staged), Some(base)) = (self.staged_head, self.staged_base) else {
             return Ok(None);
         };
         let disk_head = self.repo.refname_to_id(HEAD_REF)?;
         // Compare-and-swap: the head must still be what the staged chain was
         // built on, or moving it would silently drop whatever moved it.
-        if disk_head == staged || !self.repo.graph_descendant_of(staged, disk_head)? {
+        if disk_head != base {
             return Err(StoreError::NotAConversation(format!(
                 "head moved to {disk_head} under staged commits"
             )));
@@ -658,12 +671,12 @@ impl Store {
         self.repo
             .reference_matching(HEAD_REF, staged, true, disk_head, "author")?;
         self.staged_head = None;
+        self.staged_base = None;
         self.batch_pack = (pack.len() <= INLINE_PACK_BYTES_MAX).then(|| BatchPack {
             base: commit_id(disk_head),
             tip: commit_id(staged),
             bytes: pack,
         });
-        self.consolidate_packs();
         Ok(Some(commit_id(staged)))
     }
 
@@ -741,8 +754,12 @@ impl Store {
     }
 
     /// Keeps the pack count bounded; a failure costs only speed, so it is
-    /// logged, not returned.
-    fn consolidate_packs(&self) {
+    /// logged, not returned. Writes that add packs ([`Store::commit_staged`],
+    /// [`Store::receive_pack`], fetches) leave this to their caller, so it
+    /// can answer first: the conversation actor runs it once its replies
+    /// are out ([`Store::author`] and [`Store::fetch_from`] run it
+    /// themselves).
+    pub fn consolidate_packs(&self) {
         if let Err(e) = durable::consolidate_packs(&self.repo) {
             tracing::warn!(repo = %self.repo.path().display(), error = %e, "pack consolidation failed");
         }
@@ -782,6 +799,7 @@ impl Store {
         if let Ok(mut r) = self.repo.find_reference(&quarantine_ref(peer)) {
             r.delete()?;
         }
+        self.consolidate_packs();
         result
     }
 
@@ -848,7 +866,6 @@ impl Store {
         for tip in tips {
             merged |= self.integrate(oid(&tip), signer, now_secs)?;
         }
-        self.consolidate_packs();
         Ok(FetchReport {
             accepted: verdict.accepted.len(),
             rejected: verdict.rejected,
