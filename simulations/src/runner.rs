@@ -362,15 +362,27 @@ pub fn remove_run_data() {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
+    let mut placeholders = Vec::new();
     for dir in dirs {
         // Nodes are still writing: renamed first, no path they know leads
-        // into it, so nothing new appears while it is removed.
+        // into it, so nothing new appears while it is removed. A node that
+        // is setting up would create its directories again under the old
+        // name (libgit2 makes a repository's whole path), so a file holds
+        // that name until the very end.
         let doomed = dir.with_extension("removing");
         let gone = match std::fs::rename(&dir, &doomed) {
-            Ok(()) => doomed,
+            Ok(()) => {
+                if std::fs::File::create(&dir).is_ok() {
+                    placeholders.push(dir);
+                }
+                doomed
+            }
             Err(_) => dir,
         };
         let _ = std::fs::remove_dir_all(gone);
+    }
+    for placeholder in placeholders {
+        let _ = std::fs::remove_file(placeholder);
     }
 }
 
