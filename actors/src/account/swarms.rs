@@ -76,6 +76,15 @@ pub const INVITATIONS_MAX: usize = 256;
 pub const CONVERSATIONS_MAX: usize = 4_096;
 /// Devices that told us of one invitation, kept.
 pub const INVITERS_PER_INVITATION_MAX: usize = 16;
+/// How long a head announced without its objects (a plain `heads` frame)
+/// and not held waits before it is fetched. Members re-announce a head
+/// they take to each other, and such a re-announcement often overtakes the
+/// author's own inline pack of that head; asked again a moment later, the
+/// pack has landed and nothing is fetched.
+pub const ANNOUNCED_HEAD_GRACE: Duration = Duration::from_millis(50);
+/// Announcements of one conversation waiting out that grace at once; past
+/// this, unknown heads are fetched without waiting.
+pub const ANNOUNCEMENTS_WAITING_MAX: usize = 64;
 
 /// What the account needs to sync swarms.
 pub struct SwarmConfig {
@@ -171,6 +180,8 @@ struct SwarmEntry {
     /// The last head announced to connected members (each head once;
     /// anti-entropy and connection-up repeat it regardless).
     announced: Option<CommitId>,
+    /// Announcements waiting out [`ANNOUNCED_HEAD_GRACE`].
+    announcements_waiting: usize,
 }
 
 struct Invitation {
@@ -261,6 +272,7 @@ impl Swarms {
                 path,
                 scheduler: FetchScheduler::new(),
                 announced: None,
+                announcements_waiting: 0,
             },
         );
         self.metrics.conversations.set(self.registry.len() as i64);
@@ -843,7 +855,9 @@ impl Handler<FrameReceived> for Account {
             pack,
         } = msg;
         match frame {
-            SwarmFrame::Heads { heads } => heads_announced(self, ctx, conversation, peer, heads),
+            SwarmFrame::Heads { heads } => {
+                heads_announced_after(self, ctx, conversation, peer, heads, true)
+            }
             SwarmFrame::HeadsPack { heads, base, .. } => {
                 let (Some(pack), [head]) = (pack, heads.as_slice()) else {
                     return heads_announced(self, ctx, conversation, peer, heads);
@@ -927,6 +941,19 @@ fn heads_announced(
     peer: VerifiedDevice,
     heads: Vec<CommitId>,
 ) {
+    heads_announced_after(account, ctx, conversation, peer, heads, false)
+}
+
+/// [`heads_announced`]; with `grace`, heads we lack are asked about again
+/// after [`ANNOUNCED_HEAD_GRACE`] before they go to the scheduler.
+fn heads_announced_after(
+    account: &mut Account,
+    ctx: &mut Context<Account>,
+    conversation: CommitId,
+    peer: VerifiedDevice,
+    heads: Vec<CommitId>,
+    grace: bool,
+) {
     let Some(entry) = account
         .swarms
         .as_ref()
@@ -970,6 +997,22 @@ fn heads_announced(
                 else {
                     return;
                 };
+                let lacking = heads.iter().any(|h| !held.contains(h));
+                if grace && lacking && entry.announcements_waiting < ANNOUNCEMENTS_WAITING_MAX {
+                    entry.announcements_waiting += 1;
+                    ctx.run_later(ANNOUNCED_HEAD_GRACE, move |act, ctx| {
+                        if let Some(entry) = act
+                            .swarms
+                            .as_mut()
+                            .and_then(|sw| sw.registry.get_mut(&conversation))
+                        {
+                            entry.announcements_waiting =
+                                entry.announcements_waiting.saturating_sub(1);
+                        }
+                        heads_announced(act, ctx, conversation, peer, heads);
+                    });
+                    return;
+                }
                 let starts = entry.scheduler.heads_announced(
                     &peer.device_id,
                     &heads,
