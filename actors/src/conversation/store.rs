@@ -167,14 +167,21 @@ fn check_peer_name(peer: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Commits authored on top of the durable head and not yet durable.
+#[derive(Debug, Clone, Copy)]
+struct StagedChain {
+    /// The newest staged commit.
+    head: Oid,
+    /// The durable head the chain was built on.
+    base: Oid,
+}
+
 /// A conversation repository on disk.
 pub struct Store {
     // Declared before `repo`: the staging area points into its object database.
     staging: Staging,
-    /// Head of the commits staged but not yet durable (`None`: nothing staged).
-    staged_head: Option<Oid>,
-    /// The durable head the staged commits were built on.
-    staged_base: Option<Oid>,
+    /// The commits staged but not yet durable (`None`: nothing staged).
+    staged: Option<StagedChain>,
     /// The pack of the last durable batch, if small enough to announce inline.
     batch_pack: Option<BatchPack>,
     repo: Repository,
@@ -226,8 +233,7 @@ impl Store {
         let id = written.id;
         let mut store = Self {
             staging,
-            staged_head: None,
-            staged_base: None,
+            staged: None,
             batch_pack: None,
             repo,
             conversation: commit_id(id),
@@ -279,8 +285,7 @@ impl Store {
         repo.refname_to_id(HEAD_REF)?;
         Ok(Self {
             staging: Staging::attach(&repo)?,
-            staged_head: None,
-            staged_base: None,
+            staged: None,
             batch_pack: None,
             repo,
             conversation,
@@ -322,8 +327,7 @@ impl Store {
         let theirs = repo.refname_to_id(&quarantine_ref(peer))?;
         let mut store = Self {
             staging: Staging::attach(&repo)?,
-            staged_head: None,
-            staged_base: None,
+            staged: None,
             batch_pack: None,
             repo,
             conversation,
@@ -576,9 +580,9 @@ impl Store {
         content: Option<Vec<u8>>,
         now_secs: i64,
     ) -> Result<CommitId, StoreError> {
-        let (head, base) = match (self.staged_head, self.staged_base) {
-            (Some(staged), Some(base)) => (staged, base),
-            _ => {
+        let (head, base) = match self.staged {
+            Some(chain) => (chain.head, chain.base),
+            None => {
                 let head = self.repo.refname_to_id(HEAD_REF)?;
                 (head, head)
             }
@@ -641,14 +645,13 @@ impl Store {
         )
         .map_err(|r| StoreError::Own(Box::new(r)))?;
         self.remember_tree(id, tree, &accepted);
-        self.staged_head = Some(id);
-        self.staged_base = Some(base);
+        self.staged = Some(StagedChain { head: id, base });
         Ok(commit_id(id))
     }
 
     /// Whether commits are staged (authored, not yet durable).
     pub fn has_staged(&self) -> bool {
-        self.staged_head.is_some()
+        self.staged.is_some()
     }
 
     /// Makes every staged commit durable: one pack (fsync'd) for all their
@@ -656,7 +659,7 @@ impl Store {
     /// head, or `None` when nothing was staged. On error nothing moved; the
     /// caller drops the store (the staged commits are lost, never half-written).
     pub fn commit_staged(&mut self) -> Result<Option<CommitId>, StoreError> {
-        let (Some(staged), Some(base)) = (self.staged_head, self.staged_base) else {
+        let Some(StagedChain { head: staged, base }) = self.staged else {
             return Ok(None);
         };
         let disk_head = self.repo.refname_to_id(HEAD_REF)?;
@@ -670,8 +673,7 @@ impl Store {
         let pack = self.staging.persist_range(&self.repo, staged, disk_head)?;
         self.repo
             .reference_matching(HEAD_REF, staged, true, disk_head, "author")?;
-        self.staged_head = None;
-        self.staged_base = None;
+        self.staged = None;
         self.batch_pack = (pack.len() <= INLINE_PACK_BYTES_MAX).then(|| BatchPack {
             base: commit_id(disk_head),
             tip: commit_id(staged),
@@ -814,7 +816,7 @@ impl Store {
     ) -> Result<FetchReport, StoreError> {
         check_peer_name(peer)?;
         debug_assert!(
-            self.staged_head.is_none(),
+            self.staged.is_none(),
             "staged commits are made durable before a receive"
         );
         if let Ok(old) = self.repo.refname_to_id(&peer_ref(peer)) {
