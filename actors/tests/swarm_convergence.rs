@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use common::*;
 use proptest::prelude::*;
-use starling_actors::conversation::store::oid;
+use starling_actors::conversation::store::{oid, CONTAINS_MERGE_DEPTH_MAX};
 use starling_actors::conversation::{DeviceSigner, Store};
 use starling_protocol::swarm::body::{BodyKind, MemberAction, Mode, VoteAction};
 use starling_protocol::swarm::ids::CommitId;
@@ -265,6 +265,7 @@ fn run(k: usize, steps: Vec<Step>, git_check_all: bool) -> Result<BTreeSet<usize
         .map(|m| m.id)
         .collect();
     prop_assert_eq!(page, expected);
+    check_ancestry_questions(&mut ref_store)?;
     if git_check_all {
         for r in &replicas {
             assert_stock_git_accepts(&r.store, &r.path);
@@ -273,6 +274,55 @@ fn run(k: usize, steps: Vec<Step>, git_check_all: bool) -> Result<BTreeSet<usize
         assert_stock_git_accepts(&ref_store, &reference_path);
     }
     Ok(banned)
+}
+
+/// The store answers ancestry and containment with one lazy walk per
+/// descendant; on this history its answers must match libgit2's ancestry
+/// and a containment that asks libgit2 afresh for every commit.
+fn check_ancestry_questions(store: &mut Store) -> Result<(), TestCaseError> {
+    let commits: Vec<git2::Oid> = {
+        let repo = store.repository();
+        let mut walk = repo.revwalk().unwrap();
+        walk.push(oid(&store.head().unwrap())).unwrap();
+        walk.map(|id| id.unwrap()).collect()
+    };
+    // The newest commits hold the merges; every commit is asked about.
+    for &t in commits.iter().take(12) {
+        for &x in &commits {
+            let repo = store.repository();
+            let descends = t == x || repo.graph_descendant_of(t, x).unwrap();
+            let contains = naive_contains(repo, t, x, 0);
+            prop_assert_eq!(
+                store.descends(t, x).unwrap(),
+                descends,
+                "descends({}, {})",
+                t,
+                x
+            );
+            prop_assert_eq!(
+                store.contains(t, x).unwrap(),
+                contains,
+                "contains({}, {})",
+                t,
+                x
+            );
+        }
+    }
+    Ok(())
+}
+
+fn naive_contains(repo: &git2::Repository, t: git2::Oid, x: git2::Oid, depth: usize) -> bool {
+    if t == x || repo.graph_descendant_of(t, x).unwrap() {
+        return true;
+    }
+    let commit = repo.find_commit(x).unwrap();
+    if commit.parent_count() < 2 || depth >= CONTAINS_MERGE_DEPTH_MAX {
+        return false;
+    }
+    let parents: Vec<git2::Oid> = commit.parent_ids().collect();
+    parents
+        .into_iter()
+        .all(|p| naive_contains(repo, t, p, depth + 1))
 }
 
 /// `a` fetches from `b`. A banned replica may be unable to merge (it is

@@ -884,9 +884,10 @@ impl Store {
         now_secs: i64,
     ) -> Result<bool, StoreError> {
         let ours = self.repo.refname_to_id(HEAD_REF)?;
-        let mut memo = HashMap::new();
+        let mut containment = Containment::default();
         let plan = plan_head(commit_id(ours), commit_id(theirs), |t, x| {
-            contains_memo(&self.repo, &mut self.generations, oid(t), oid(x), &mut memo)
+            containment
+                .contains(&self.repo, &mut self.generations, oid(t), oid(x))
                 .unwrap_or(false)
         });
         match plan {
@@ -990,7 +991,7 @@ impl Store {
 
     /// Content containment (see `starling_protocol::swarm::merge`).
     pub fn contains(&mut self, t: Oid, x: Oid) -> Result<bool, StoreError> {
-        contains_memo(&self.repo, &mut self.generations, t, x, &mut HashMap::new())
+        Containment::default().contains(&self.repo, &mut self.generations, t, x)
     }
 
     /// Makes and validates the merge commit of `a` and `b` (ordered by id).
@@ -1224,38 +1225,17 @@ fn fetch_into_quarantine(repo: &Repository, remote: &Path, peer: &str) -> Result
     Ok(repo.refname_to_id(&quarantine_ref(peer))?)
 }
 
-/// Whether `ancestor` is `descendant` or one of its ancestors. Walks only
-/// commits newer (by generation) than `ancestor`: validation ties every
-/// accepted commit's generation to its parents' (the greatest plus one), so
-/// nothing older can lead to it. libgit2's `graph_descendant_of` is a
-/// merge-base search without generation numbers, which in a swarm's
-/// criss-cross history may walk all of it, and it ran for every announced
-/// head. An `ancestor` whose body cannot be read is in no accepted history.
+/// Whether `ancestor` is `descendant` or one of its ancestors (see
+/// [`Ancestry`]). libgit2's `graph_descendant_of` is a merge-base search
+/// without generation numbers, which in a swarm's criss-cross history may
+/// walk all of it, and it ran for every announced head.
 fn descends(
     repo: &Repository,
     generations: &mut HashMap<Oid, u64>,
     descendant: Oid,
     ancestor: Oid,
 ) -> Result<bool, StoreError> {
-    if descendant == ancestor {
-        return Ok(true);
-    }
-    let Ok(floor) = generation_in(repo, generations, ancestor) else {
-        return Ok(false);
-    };
-    let mut seen = HashSet::new();
-    let mut stack = vec![descendant];
-    while let Some(id) = stack.pop() {
-        for parent in repo.find_commit(id)?.parent_ids() {
-            if parent == ancestor {
-                return Ok(true);
-            }
-            if seen.insert(parent) && generation_in(repo, generations, parent)? > floor {
-                stack.push(parent);
-            }
-        }
-    }
-    Ok(false)
+    Ancestry::new(descendant).has(repo, generations, ancestor)
 }
 
 /// A commit's generation (from its body), through the store's cache.
@@ -1274,50 +1254,145 @@ fn generation_in(
     Ok(body.generation())
 }
 
-fn contains_memo(
-    repo: &Repository,
-    generations: &mut HashMap<Oid, u64>,
-    t: Oid,
-    x: Oid,
-    memo: &mut ContainsMemo,
-) -> Result<bool, StoreError> {
-    contains_depth(repo, generations, t, x, memo, 0)
+/// The ancestors of one commit, found lazily from the newest generation
+/// down, so that every ancestry question about the same descendant shares
+/// one walk. Validation ties every accepted commit's generation to its
+/// parents' (the greatest plus one), so once every found commit newer than
+/// generation `g` has been expanded, every ancestor of generation `g` has
+/// been found: asking about an older commit only extends the walk.
+///
+/// A head plan asks about one descendant many times (once per nested merge
+/// of the other head); each question used to walk the whole region again,
+/// and after a partition healed that was half of every node's CPU.
+struct Ancestry {
+    tip: Oid,
+    /// Commits known to be reachable from `tip`.
+    found: HashSet<Oid>,
+    /// Found commits whose parents are not yet found, by generation.
+    frontier: std::collections::BinaryHeap<(u64, Oid)>,
+    /// Whether the tip's parents have been found.
+    started: bool,
 }
 
-/// Answers of `contains(t, x)` already known, by `(t, x)`: one memo serves
-/// both directions of a head plan.
-type ContainsMemo = HashMap<(Oid, Oid), bool>;
-
-fn contains_depth(
-    repo: &Repository,
-    generations: &mut HashMap<Oid, u64>,
-    t: Oid,
-    x: Oid,
-    memo: &mut ContainsMemo,
-    depth: usize,
-) -> Result<bool, StoreError> {
-    if let Some(answer) = memo.get(&(t, x)) {
-        return Ok(*answer);
-    }
-    let answer = if descends(repo, generations, t, x)? {
-        true
-    } else {
-        let commit = repo.find_commit(x)?;
-        if commit.parent_count() < 2 || depth >= CONTAINS_MERGE_DEPTH_MAX {
-            false
-        } else {
-            let mut all = true;
-            for parent in commit.parent_ids() {
-                if !contains_depth(repo, generations, t, parent, memo, depth + 1)? {
-                    all = false;
-                    break;
-                }
-            }
-            all
+impl Ancestry {
+    fn new(tip: Oid) -> Self {
+        Self {
+            tip,
+            found: HashSet::from([tip]),
+            frontier: std::collections::BinaryHeap::new(),
+            started: false,
         }
-    };
-    memo.insert((t, x), answer);
-    Ok(answer)
+    }
+
+    /// Whether `ancestor` is the tip or one of its ancestors. An `ancestor`
+    /// whose body cannot be read is in no accepted history. On an error the
+    /// walk stays as it was, so a later question is still answered right.
+    fn has(
+        &mut self,
+        repo: &Repository,
+        generations: &mut HashMap<Oid, u64>,
+        ancestor: Oid,
+    ) -> Result<bool, StoreError> {
+        if self.found.contains(&ancestor) {
+            return Ok(true);
+        }
+        let Ok(floor) = generation_in(repo, generations, ancestor) else {
+            return Ok(false);
+        };
+        if !self.started {
+            // The tip is expanded whatever its generation: its own body
+            // need not be readable (a rejected head is asked about too).
+            self.expand(repo, generations, self.tip)?;
+            self.started = true;
+        }
+        while self.frontier.peek().is_some_and(|&(g, _)| g > floor) {
+            let Some((g, id)) = self.frontier.pop() else {
+                break;
+            };
+            if let Err(e) = self.expand(repo, generations, id) {
+                self.frontier.push((g, id));
+                return Err(e);
+            }
+        }
+        Ok(self.found.contains(&ancestor))
+    }
+
+    /// Finds `id`'s parents; on an error finds none of them.
+    fn expand(
+        &mut self,
+        repo: &Repository,
+        generations: &mut HashMap<Oid, u64>,
+        id: Oid,
+    ) -> Result<(), StoreError> {
+        let mut parents = Vec::new();
+        for parent in repo.find_commit(id)?.parent_ids() {
+            if !self.found.contains(&parent) {
+                parents.push((generation_in(repo, generations, parent)?, parent));
+            }
+        }
+        for (g, parent) in parents {
+            if self.found.insert(parent) {
+                self.frontier.push((g, parent));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Containment answers for one head plan (or one question): the walk of
+/// each `t` asked about, and the answers already known, by `(t, x)`.
+#[derive(Default)]
+struct Containment {
+    ancestries: HashMap<Oid, Ancestry>,
+    answers: HashMap<(Oid, Oid), bool>,
+}
+
+impl Containment {
+    /// `contains(t, x)`: x is t or an ancestor of it, or a merge whose
+    /// parents are all contained in t (at most [`CONTAINS_MERGE_DEPTH_MAX`]
+    /// merges deep).
+    fn contains(
+        &mut self,
+        repo: &Repository,
+        generations: &mut HashMap<Oid, u64>,
+        t: Oid,
+        x: Oid,
+    ) -> Result<bool, StoreError> {
+        self.contains_depth(repo, generations, t, x, 0)
+    }
+
+    fn contains_depth(
+        &mut self,
+        repo: &Repository,
+        generations: &mut HashMap<Oid, u64>,
+        t: Oid,
+        x: Oid,
+        depth: usize,
+    ) -> Result<bool, StoreError> {
+        if let Some(answer) = self.answers.get(&(t, x)) {
+            return Ok(*answer);
+        }
+        let ancestry = self.ancestries.entry(t).or_insert_with(|| Ancestry::new(t));
+        let answer = if ancestry.has(repo, generations, x)? {
+            true
+        } else {
+            let commit = repo.find_commit(x)?;
+            if commit.parent_count() < 2 || depth >= CONTAINS_MERGE_DEPTH_MAX {
+                false
+            } else {
+                let mut all = true;
+                for parent in commit.parent_ids() {
+                    if !self.contains_depth(repo, generations, t, parent, depth + 1)? {
+                        all = false;
+                        break;
+                    }
+                }
+                all
+            }
+        };
+        self.answers.insert((t, x), answer);
+        Ok(answer)
+    }
 }
 
 /// Reads every file of a tree, enforcing the tree bounds.
