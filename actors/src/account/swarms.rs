@@ -44,7 +44,7 @@ use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::swarm::limits::TEXT_BYTES_MAX;
 use starling_protocol::{AccountId, AccountIdentity, DeviceId, VerifiedDevice};
 
-use super::channel_io::{fetch_git, fetch_git_watched, receive_frame, send_frame_with, serve_git};
+use super::channel_io::{fetch_git_watched, receive_frame, send_frame_with, serve_git};
 use super::events::{ConnectionState, Event, EventBus, SyncState};
 use super::Account;
 use crate::conversation::actor::{
@@ -582,24 +582,8 @@ fn start_fetch(
             .map_err(|e| e.to_string())
     };
     // A fetch stuck on a dead stream must not hold the peer's slot in the
-    // scheduler until its much longer timeout; one that is still reading
-    // (or validating what it read) is let finish. Dropped, it is abandoned.
-    let fetch = async move {
-        tokio::pin!(fetch);
-        let mut read_before = 0;
-        loop {
-            tokio::select! {
-                result = &mut fetch => return result,
-                () = tokio::time::sleep(FETCH_STALL_TIMEOUT) => {
-                    let read = watch.read_bytes();
-                    if read == read_before && !watch.finished() {
-                        return Err(format!("nothing read within {FETCH_STALL_TIMEOUT:?}"));
-                    }
-                    read_before = read;
-                }
-            }
-        }
-    };
+    // scheduler until its much longer timeout.
+    let fetch = stall_bounded(fetch, watch, |e| e);
     ctx.spawn(
         fetch
             .into_actor(account)
@@ -607,6 +591,31 @@ fn start_fetch(
                 fetch_done(act, ctx, conversation, peer, began, result)
             }),
     );
+}
+
+/// Runs `fetch` (which reports its reads to `watch`) and fails it, as
+/// `stalled` makes the error, once it has read nothing for
+/// [`FETCH_STALL_TIMEOUT`]; one that is still reading, or validating what it
+/// read, is let finish. The fetch is dropped, so abandoned, when it fails.
+async fn stall_bounded<T, E>(
+    fetch: impl std::future::Future<Output = Result<T, E>>,
+    watch: FetchWatch,
+    stalled: impl FnOnce(String) -> E,
+) -> Result<T, E> {
+    tokio::pin!(fetch);
+    let mut read_before = 0;
+    loop {
+        tokio::select! {
+            result = &mut fetch => return result,
+            () = tokio::time::sleep(FETCH_STALL_TIMEOUT) => {
+                let read = watch.read_bytes();
+                if read == read_before && !watch.finished() {
+                    return Err(stalled(format!("nothing read within {FETCH_STALL_TIMEOUT:?}")));
+                }
+                read_before = read;
+            }
+        }
+    }
 }
 
 fn fetch_done(
@@ -1499,9 +1508,14 @@ impl Handler<Join> for Account {
                     .await
                     .map_err(|e| SwarmError::Network(e.to_string()))?
                     .map_err(|e| SwarmError::Network(e.to_string()))?;
-                fetch_git(channel, tmp.clone(), peer.device_id, true)
-                    .await
-                    .map_err(|e| SwarmError::Network(e.to_string()))?;
+                // A clone stuck on a dead stream would hold the join (and
+                // refuse every retry as running) for good.
+                let watch = FetchWatch::default();
+                let clone =
+                    fetch_git_watched(channel, tmp.clone(), peer.device_id, true, watch.clone());
+                let clone =
+                    async move { clone.await.map_err(|e| SwarmError::Network(e.to_string())) };
+                stall_bounded(clone, watch, SwarmError::Network).await?;
                 let (tmp2, path2) = (tmp.clone(), path.clone());
                 tokio::task::spawn_blocking(move || {
                     let repo = git2::Repository::open_bare(&tmp2)
