@@ -88,6 +88,8 @@ fn main() -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
         )
         .with_writer(std::io::stderr)
+        // Each node runs on a thread named after it: the name says whose line it is.
+        .with_thread_names(true)
         .init();
     remove_run_data_when_interrupted();
     match Cli::parse().command {

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use anyhow::Context as _;
@@ -155,23 +155,63 @@ impl RunningNode {
         self.stop();
     }
 
+    /// Crashes many nodes at once: each is told to stop before any is
+    /// waited for, and all share one [`NODE_STOP_TIMEOUT`]. One by one, a
+    /// loaded run's end could wait that long for each node in turn.
+    pub fn crash_all(nodes: Vec<(usize, RunningNode)>, fabric: &Fabric) {
+        let mut stopping = Vec::with_capacity(nodes.len());
+        for (index, mut node) in nodes {
+            fabric.unbind(index);
+            node.begin_stop();
+            stopping.push(node);
+        }
+        let deadline = Instant::now() + NODE_STOP_TIMEOUT;
+        let mut lingering = 0;
+        for mut node in stopping {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !node.finish_stop(left) {
+                lingering += 1;
+            }
+        }
+        if lingering > 0 {
+            tracing::warn!(
+                lingering,
+                "crashed nodes' threads still winding down; not waiting for them"
+            );
+        }
+    }
+
     fn stop(&mut self) {
-        let Some(thread) = self.thread.take() else {
+        self.begin_stop();
+        if !self.finish_stop(NODE_STOP_TIMEOUT) {
+            tracing::warn!("a crashed node's thread is still winding down; not waiting for it");
+        }
+    }
+
+    /// Asks the node's own arbiter to close the transport, then stop.
+    fn begin_stop(&mut self) {
+        if self.thread.is_none() {
             return;
-        };
+        }
         let transport = self.transport.clone();
-        let system = self.system.clone();
-        // Ask the node's own arbiter to close the transport, then stop.
-        let arbiter = system.arbiter().clone();
+        let arbiter = self.system.arbiter().clone();
         let _ = arbiter.spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(2), transport.send(Shutdown)).await;
             System::current().stop();
         });
-        if self.stopped.recv_timeout(NODE_STOP_TIMEOUT).is_ok() {
+    }
+
+    /// Waits up to `wait` for the node's thread; whether it ended.
+    fn finish_stop(&mut self, wait: Duration) -> bool {
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        if self.stopped.recv_timeout(wait).is_ok() {
             let _ = thread.join();
+            true
         } else {
             self.system.stop();
-            tracing::warn!("a crashed node's thread is still winding down; not waiting for it");
+            false
         }
     }
 

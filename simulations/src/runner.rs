@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
 use starling_actors::account::swarms::{
-    AddPeer, CreateSwarm, Invite, Join, ListInvitations, ListSwarms, SendText,
+    AddPeer, CreateSwarm, Invite, Join, ListInvitations, ListSwarms, SendText, SwarmError,
 };
 use starling_actors::account::SyncTuning;
 use starling_actors::conversation::store::{commit_id, oid, Store};
@@ -156,6 +156,14 @@ where
         .context("actor mailbox")
 }
 
+impl Drop for Sim {
+    /// A run that ends early (an error in set-up) stops its nodes all at
+    /// once too.
+    fn drop(&mut self) {
+        self.crash_all();
+    }
+}
+
 impl Sim {
     fn node(&self, i: usize) -> anyhow::Result<&RunningNode> {
         self.nodes[i]
@@ -176,6 +184,8 @@ impl Sim {
             tuning,
             seed,
         )?;
+        // Nodes' log lines name peers by device: this line maps them back.
+        tracing::info!(node = %self.specs[i].name, device = %self.specs[i].device(), "node started");
         self.nodes[i] = Some(node);
         Ok(())
     }
@@ -185,6 +195,18 @@ impl Sim {
             self.rejected += node.counter("starling_swarm_commits_rejected_total");
             node.crash(&self.fabric, i);
         }
+    }
+
+    /// Crashes every running node, all at once.
+    fn crash_all(&mut self) {
+        let mut running = Vec::new();
+        for (i, slot) in self.nodes.iter_mut().enumerate() {
+            if let Some(node) = slot.take() {
+                self.rejected += node.counter("starling_swarm_commits_rejected_total");
+                running.push((i, node));
+            }
+        }
+        RunningNode::crash_all(running, &self.fabric);
     }
 
     /// Dials every topology peer node `i` is the dialer for.
@@ -239,14 +261,21 @@ impl Sim {
         .await??;
         let mut last_error = String::new();
         while Instant::now() < deadline {
-            let invited = ask(&node.account, ListInvitations)
-                .await??
-                .iter()
-                .any(|inv| inv.conversation == conversation);
+            let invited = match ask(&node.account, ListInvitations).await {
+                Ok(list) => list?.iter().any(|inv| inv.conversation == conversation),
+                Err(e) => {
+                    last_error = format!("{e:#}");
+                    false
+                }
+            };
             if invited {
-                match ask(&node.account, Join { conversation }).await? {
-                    Ok(()) => return Ok(()),
-                    Err(e) => last_error = e.to_string(),
+                // Under load a join (a clone from the admin, who serves
+                // every other joiner too) can outlast one request; it goes
+                // on in the account, and asking again says when it is done.
+                match ask(&node.account, Join { conversation }).await {
+                    Ok(Ok(())) | Ok(Err(SwarmError::AlreadyMember(_))) => return Ok(()),
+                    Ok(Err(e)) => last_error = e.to_string(),
+                    Err(e) => last_error = format!("{e:#}"),
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -682,9 +711,7 @@ async fn run(scenario: Scenario, variant: Variant, progress: Progress) -> anyhow
     tracing::info!(?quiescent_s, "settled");
     stats_task.abort();
     let live = observer.stop();
-    for i in 0..n {
-        sim.crash(i);
-    }
+    sim.crash_all();
     // Conversation actors live on their own threads and finish the message
     // they hold after their node's system stops; read replicas once no head
     // has moved for a while.
