@@ -177,9 +177,10 @@ struct SwarmEntry {
     view: SwarmView,
     path: PathBuf,
     scheduler: FetchScheduler<DeviceId, CommitId>,
-    /// The last head announced to connected members (each head once;
+    /// The last head announced to connected members, and whether its pack
+    /// went along (each head once, or twice when the pack came later;
     /// anti-entropy and connection-up repeat it regardless).
-    announced: Option<CommitId>,
+    announced: Option<(CommitId, bool)>,
     /// Announcements waiting out [`ANNOUNCED_HEAD_GRACE`].
     announcements_waiting: usize,
 }
@@ -200,6 +201,10 @@ pub struct Swarms {
     registry: HashMap<CommitId, SwarmEntry>,
     /// Conversations being created or joined (not yet in the registry).
     joining: BTreeSet<CommitId>,
+    /// The pack of a joining conversation's durable batch (the join commit),
+    /// kept for the join's announcement: so the inviter takes the join
+    /// without a fetch, and passes it on.
+    joining_packs: HashMap<CommitId, Arc<BatchPack>>,
     invitations: BTreeMap<CommitId, Invitation>,
     connected: BTreeMap<DeviceId, VerifiedDevice>,
     /// The account, told of every durable batch (set when it starts).
@@ -231,6 +236,7 @@ impl Swarms {
             local_device: identity.device_id(),
             registry: HashMap::new(),
             joining: BTreeSet::new(),
+            joining_packs: HashMap::new(),
             invitations: BTreeMap::new(),
             connected: BTreeMap::new(),
             batch_listener: None,
@@ -264,6 +270,7 @@ impl Swarms {
     fn insert(&mut self, addr: Addr<Conversation>, view: SwarmView, path: PathBuf) {
         self.invitations.remove(&view.id);
         self.joining.remove(&view.id);
+        self.joining_packs.remove(&view.id);
         self.registry.insert(
             view.id,
             SwarmEntry {
@@ -318,15 +325,10 @@ impl Swarms {
         self.announce_with(conversation, None, false, None)
     }
 
-    /// Like [`Swarms::announce`], except to `holder`, a device known to hold
-    /// the head already.
-    fn announce_except(&mut self, conversation: &CommitId, holder: Option<DeviceId>) {
-        self.announce_with(conversation, None, false, holder)
-    }
-
-    /// Announces the head: with `pack` (the objects of the batch that made
-    /// it) as `heads_pack`, else as `heads`; with `again`, even if this head
-    /// was announced before (anti-entropy).
+    /// Announces the head: with `pack` (the objects that made it, from the
+    /// pack's base) as `heads_pack`, else as `heads`; with `again`, even if
+    /// this head was announced before (anti-entropy); not to `holder`, a
+    /// device known to hold the head.
     fn announce_with(
         &mut self,
         conversation: &CommitId,
@@ -341,12 +343,17 @@ impl Swarms {
             return;
         };
         let head = entry.view.head;
-        if !again && entry.announced == Some(head) {
-            return;
-        }
-        entry.announced = Some(head);
         // The pack goes along only when it makes exactly the announced head.
         let pack = pack.filter(|p| p.tip == head);
+        let with_pack = pack.is_some();
+        if !again
+            && entry
+                .announced
+                .is_some_and(|(h, packed)| h == head && (packed || !with_pack))
+        {
+            return;
+        }
+        entry.announced = Some((head, with_pack));
         let frame = match &pack {
             Some(pack) => SwarmFrame::HeadsPack {
                 heads: vec![head],
@@ -877,11 +884,16 @@ impl Handler<FrameReceived> for Account {
                 if !may_announce(&entry.view, &peer) {
                     return;
                 }
+                if entry.view.head == *head {
+                    // Passed on by another member too: ours already.
+                    return heads_announced(self, ctx, conversation, peer, heads);
+                }
+                let pack = Arc::new(pack);
                 let receive = ReceivePack {
                     peer: peer.device_id,
                     head: *head,
                     base,
-                    pack: Arc::new(pack),
+                    pack: pack.clone(),
                 };
                 ctx.spawn(entry.addr.send(receive).into_actor(self).map(
                     move |received, act, ctx| match received {
@@ -902,9 +914,22 @@ impl Handler<FrameReceived> for Account {
                                 accepted: received.report.accepted,
                             };
                             if before != after {
-                                // The announcer holds the head it sent us.
-                                let skip = (after == heads[0]).then_some(peer.device_id);
-                                sw.announce_except(&conversation, skip);
+                                // A pack that made its head ours is passed on
+                                // as it came, so members holding its base take
+                                // the head without a fetch; after a merge, the
+                                // merge is announced plainly. The announcer
+                                // holds the head it sent us.
+                                let (relay, skip) = if after == heads[0] {
+                                    let relay = BatchPack {
+                                        base,
+                                        tip: after,
+                                        bytes: pack.to_vec(),
+                                    };
+                                    (Some(Arc::new(relay)), Some(peer.device_id))
+                                } else {
+                                    (None, None)
+                                };
+                                sw.announce_with(&conversation, relay, false, skip);
                                 head_moved(act, ctx, conversation, before, after, Some(sync_event));
                             } else {
                                 sw.events.publish(sync_event);
@@ -1043,7 +1068,12 @@ impl Handler<BatchDurable> for Account {
         };
         let conversation = msg.view.id;
         let Some(entry) = sw.registry.get_mut(&conversation) else {
-            return; // being created or joined: the caller announces
+            // Being created or joined: the caller announces, with the pack
+            // of a join if it came first.
+            if let Some(pack) = msg.pack.filter(|_| sw.joining.contains(&conversation)) {
+                sw.joining_packs.insert(conversation, pack);
+            }
+            return;
         };
         let (before, after) = (entry.view.head, msg.view.head);
         entry.view = msg.view;
@@ -1572,8 +1602,9 @@ impl Handler<Join> for Account {
                     let sw = swarms(act)?;
                     match result {
                         Ok((path, addr, view, id, me)) => {
+                            let pack = sw.joining_packs.remove(&conversation);
                             sw.insert(addr, view, path);
-                            sw.announce(&conversation);
+                            sw.announce_with(&conversation, pack, false, None);
                             // The cloned history is not replayed as events;
                             // our own join is the first one of this swarm.
                             sw.events.publish(Event::Member {
@@ -1589,6 +1620,7 @@ impl Handler<Join> for Account {
                         Err(e) => {
                             if marked {
                                 sw.joining.remove(&conversation);
+                                sw.joining_packs.remove(&conversation);
                             }
                             Err(e)
                         }

@@ -611,6 +611,47 @@ pub struct ReceivePack {
 impl Handler<ReceivePack> for Conversation {
     type Result = Result<Received, ConversationError>;
     fn handle(&mut self, msg: ReceivePack, _: &mut Self::Context) -> Self::Result {
+        // Members pass a pack on, so the same one often comes again from
+        // another member, and sometimes to one that lacks its base. Both are
+        // answered from the durable head, as `Holds` is: without cutting
+        // short the batch being gathered, and keeping the store (and its
+        // caches) on a refusal, which is no fault of the store.
+        let answered = self.store().and_then(|store| {
+            let head = oid(&store.head()?);
+            if holds(store, head, &msg.head) {
+                let received = Received {
+                    view: view_of(store)?,
+                    report: FetchReport {
+                        accepted: 0,
+                        rejected: Vec::new(),
+                        head: commit_id(head),
+                        merged: false,
+                    },
+                    held: BTreeSet::from([msg.head]),
+                };
+                return Ok(Some(Ok(received)));
+            }
+            if !holds(store, head, &msg.base) {
+                return Ok(Some(Err(StoreError::PackBaseMissing(msg.base))));
+            }
+            Ok(None)
+        });
+        match answered {
+            Ok(Some(answer)) => {
+                return answer.map_err(|source| ConversationError::Store {
+                    conversation: self.path.display().to_string(),
+                    source,
+                })
+            }
+            Ok(None) => {}
+            Err(source) => {
+                self.store = None;
+                return Err(ConversationError::Store {
+                    conversation: self.path.display().to_string(),
+                    source,
+                });
+            }
+        }
         self.flush_batch();
         let peer = msg.peer.to_hex();
         let result = self.with_store(|store, signer| {
