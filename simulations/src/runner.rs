@@ -38,6 +38,12 @@ use crate::scenario::{Scenario, Variant};
 
 /// Joins run at once during set-up.
 pub const SETUP_JOINS_PARALLEL: usize = 4;
+/// Set-up (every join, then one head everywhere) fails after this many
+/// seconds plus [`SETUP_SECS_PER_NODE`] per node: generous, because a loaded
+/// machine (a build beside a 2x50 run) slows set-up several times over.
+pub const SETUP_SECS_BASE: u64 = 60;
+/// See [`SETUP_SECS_BASE`].
+pub const SETUP_SECS_PER_NODE: u64 = 6;
 /// Longest one actor request may take before the runner gives up on it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often connections and fabric totals are sampled.
@@ -305,7 +311,8 @@ impl Sim {
             )
             .await??;
         }
-        let deadline = Instant::now() + Duration::from_secs(60 + 3 * n as u64);
+        let deadline =
+            Instant::now() + Duration::from_secs(SETUP_SECS_BASE + SETUP_SECS_PER_NODE * n as u64);
         let others: Vec<usize> = (1..n).collect();
         tracing::info!("invitations written");
         for chunk in others.chunks(SETUP_JOINS_PARALLEL) {
