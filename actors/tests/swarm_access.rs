@@ -13,47 +13,17 @@ use starling_actors::account::swarms::{CreateSwarm, Invite, ListSwarms, RemoveMe
 use starling_actors::account::{Account, SwarmConfig};
 use starling_actors::conversation::store::{quarantine_ref, Store};
 use starling_actors::conversation::SwarmMetrics;
-use starling_actors::transport::{
-    udp_socket, ChannelError, Connect, ExpectedPeer, LocalIdentity, OpenChannel, Transport,
-    TransportConfig, TransportLimits,
-};
+use starling_actors::transport::{ChannelError, Connect, ExpectedPeer, OpenChannel, Transport};
 use starling_protocol::channel::{ChannelName, ReplyCode};
 use starling_protocol::swarm::body::Mode;
 use starling_protocol::AccountIdentity;
 
-fn transport(identity: &AccountIdentity, registry: &Registry) -> Addr<Transport> {
-    Transport::new(TransportConfig {
-        identity: LocalIdentity::new(
-            identity.device_key.clone(),
-            identity.device_cert.clone(),
-            identity.account_cert.clone(),
-        )
-        .unwrap(),
-        socket: udp_socket("127.0.0.1:0".parse().unwrap()).unwrap(),
-        registry: registry.clone(),
-        limits: TransportLimits::default(),
-        revocations: vec![(identity.account_cert.clone(), identity.crl.clone())],
-        rng_seed: 7,
-    })
-    .unwrap()
-    .start()
-}
+mod swarm_support;
 
-fn metric(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|m| {
-            labels.iter().all(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            })
-        })
-        .map(|m| m.get_counter().get_value())
-        .sum()
+use swarm_support::{counter as metric, loopback_transport};
+
+fn transport(identity: &AccountIdentity, registry: &Registry) -> Addr<Transport> {
+    loopback_transport(identity, registry, 7)
 }
 
 #[actix::test]

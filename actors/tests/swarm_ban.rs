@@ -6,7 +6,7 @@
 //! refusals are counted, and mallory no longer appears as a member.
 //! An unban by the same admin lets it in again.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use prometheus::Registry;
@@ -17,56 +17,17 @@ use starling_actors::account::swarms::{
 };
 use starling_actors::account::{Account, SwarmConfig};
 use starling_actors::conversation::{Role, SwarmMetrics};
-use starling_actors::transport::{
-    udp_socket, ChannelError, LocalIdentity, OpenChannel, Transport, TransportConfig,
-    TransportLimits,
-};
+use starling_actors::transport::{ChannelError, OpenChannel};
 use starling_protocol::channel::{ChannelName, ReplyCode};
 use starling_protocol::swarm::body::{Mode, VoteAction};
 use starling_protocol::AccountIdentity;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+mod swarm_support;
 
-fn transport(identity: &AccountIdentity, registry: &Registry) -> Addr<Transport> {
-    Transport::new(TransportConfig {
-        identity: LocalIdentity::new(
-            identity.device_key.clone(),
-            identity.device_cert.clone(),
-            identity.account_cert.clone(),
-        )
-        .unwrap(),
-        socket: udp_socket("127.0.0.1:0".parse().unwrap()).unwrap(),
-        registry: registry.clone(),
-        limits: TransportLimits::default(),
-        revocations: vec![(identity.account_cert.clone(), identity.crl.clone())],
-        rng_seed: 11,
-    })
-    .unwrap()
-    .start()
-}
+use swarm_support::{counter, eventually, loopback_transport, DEADLINE};
 
 fn refused(registry: &Registry) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == "starling_swarm_channels_refused_total")
-        .flat_map(|f| f.get_metric().iter())
-        .map(|m| m.get_counter().get_value())
-        .sum()
-}
-
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    counter(registry, "starling_swarm_channels_refused_total", &[])
 }
 
 #[actix::test]
@@ -80,7 +41,7 @@ async fn a_banned_member_is_refused_from_the_ban_on_and_an_unban_lets_it_back() 
     let dir = tempfile::tempdir().unwrap();
 
     let start = |identity: AccountIdentity, name: &str, registry: &Registry| {
-        let transport = transport(&identity, registry);
+        let transport = loopback_transport(&identity, registry, 11);
         let account = Account::with_swarms(
             identity,
             SwarmConfig {

@@ -6,7 +6,7 @@
 //! A join commit goes out with its pack too: the inviter takes it without a
 //! fetch.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use prometheus::Registry;
@@ -15,15 +15,14 @@ use starling_actors::account::swarms::{
 };
 use starling_actors::account::{Account, SwarmConfig};
 use starling_actors::conversation::SwarmMetrics;
-use starling_actors::transport::{
-    udp_socket, Disconnect, LocalIdentity, Status, Transport, TransportConfig, TransportLimits,
-    UnwantPeer,
-};
+use starling_actors::transport::{Disconnect, Status, Transport, UnwantPeer};
 use starling_protocol::swarm::body::Mode;
 use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::AccountIdentity;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+mod swarm_support;
+
+use swarm_support::{counter, eventually, loopback_transport};
 
 struct Node {
     identity: AccountIdentity,
@@ -35,21 +34,7 @@ struct Node {
 impl Node {
     fn start(identity: AccountIdentity, dir: &std::path::Path) -> Self {
         let registry = Registry::new();
-        let transport = Transport::new(TransportConfig {
-            identity: LocalIdentity::new(
-                identity.device_key.clone(),
-                identity.device_cert.clone(),
-                identity.account_cert.clone(),
-            )
-            .unwrap(),
-            socket: udp_socket("127.0.0.1:0".parse().unwrap()).unwrap(),
-            registry: registry.clone(),
-            limits: TransportLimits::default(),
-            revocations: vec![(identity.account_cert.clone(), identity.crl.clone())],
-            rng_seed: 7,
-        })
-        .unwrap()
-        .start();
+        let transport = loopback_transport(&identity, &registry, 7);
         let account = Account::with_swarms(
             identity.clone(),
             SwarmConfig {
@@ -89,27 +74,7 @@ impl Node {
     }
 
     fn fetches(&self) -> f64 {
-        self.registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == "starling_swarm_fetches_total")
-            .flat_map(|f| f.get_metric().iter())
-            .map(|m| m.get_counter().get_value())
-            .sum()
-    }
-}
-
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        counter(&self.registry, "starling_swarm_fetches_total", &[])
     }
 }
 
