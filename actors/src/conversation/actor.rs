@@ -217,10 +217,14 @@ impl Conversation {
         if result.is_err() {
             self.store = None;
         }
-        result.map_err(|source| ConversationError::Store {
+        result.map_err(|source| self.store_error(source))
+    }
+
+    fn store_error(&self, source: StoreError) -> ConversationError {
+        ConversationError::Store {
             conversation: self.path.display().to_string(),
             source,
-        })
+        }
     }
 
     /// Makes the staged batch durable and answers its held requests (all
@@ -522,10 +526,7 @@ impl Handler<Holds> for Conversation {
                 .filter(|id| holds(store, head, id))
                 .collect())
         });
-        answer.map_err(|source| ConversationError::Store {
-            conversation: self.path.display().to_string(),
-            source,
-        })
+        answer.map_err(|source| self.store_error(source))
     }
 }
 
@@ -614,12 +615,12 @@ impl Handler<ReceivePack> for Conversation {
         // Members pass a pack on, so the same one often comes again from
         // another member, and sometimes to one that lacks its base. Both are
         // answered from the durable head, as `Holds` is: without cutting
-        // short the batch being gathered, and keeping the store (and its
-        // caches) on a refusal, which is no fault of the store.
+        // short the batch being gathered, and, reading only, keeping the
+        // store (and its caches) on a refusal or failure.
         let answered = self.store().and_then(|store| {
             let head = oid(&store.head()?);
             if holds(store, head, &msg.head) {
-                let received = Received {
+                return Ok(Some(Received {
                     view: view_of(store)?,
                     report: FetchReport {
                         accepted: 0,
@@ -628,29 +629,17 @@ impl Handler<ReceivePack> for Conversation {
                         merged: false,
                     },
                     held: BTreeSet::from([msg.head]),
-                };
-                return Ok(Some(Ok(received)));
+                }));
             }
             if !holds(store, head, &msg.base) {
-                return Ok(Some(Err(StoreError::PackBaseMissing(msg.base))));
+                return Err(StoreError::PackBaseMissing(msg.base));
             }
             Ok(None)
         });
         match answered {
-            Ok(Some(answer)) => {
-                return answer.map_err(|source| ConversationError::Store {
-                    conversation: self.path.display().to_string(),
-                    source,
-                })
-            }
+            Ok(Some(received)) => return Ok(received),
             Ok(None) => {}
-            Err(source) => {
-                self.store = None;
-                return Err(ConversationError::Store {
-                    conversation: self.path.display().to_string(),
-                    source,
-                });
-            }
+            Err(source) => return Err(self.store_error(source)),
         }
         self.flush_batch();
         let peer = msg.peer.to_hex();
