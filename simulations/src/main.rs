@@ -165,6 +165,10 @@ fn main() -> anyhow::Result<ExitCode> {
                         LATENESS_WARN_P99.as_millis()
                     );
                 }
+                println!(
+                    "  history: {} commits, {} messages, {} merges",
+                    v.history.commits, v.history.messages, v.history.merges
+                );
                 if let Some(b) = &v.git_baseline {
                     println!(
                         "  raw git fetch of the same commits: {:.3}s ({} objects); ratio {}",

@@ -80,6 +80,19 @@ pub struct GitBaseline {
     pub ratio: Option<f64>,
 }
 
+/// The longest history any replica ended with: how much of it is merges.
+/// Every member receives, validates and stores every merge a member makes,
+/// so merges weigh on a swarm as much as messages do.
+#[derive(Debug, Default, Serialize)]
+pub struct HistorySize {
+    /// Commits.
+    pub commits: usize,
+    /// Of which text messages.
+    pub messages: usize,
+    /// Of which merges.
+    pub merges: usize,
+}
+
 /// What one variant measured.
 #[derive(Debug, Serialize)]
 pub struct VariantReport {
@@ -127,6 +140,8 @@ pub struct VariantReport {
     pub connections_mean: f64,
     /// Commits nodes rejected.
     pub commits_rejected: f64,
+    /// The longest final history.
+    pub history: HistorySize,
     /// Plot files written (SVG and PNG).
     pub plots: Vec<String>,
     /// Plots that could not be drawn, and why.
@@ -152,6 +167,19 @@ pub fn latencies(outcome: &Outcome) -> Vec<f64> {
         }
     }
     out
+}
+
+fn history_size(outcome: &Outcome) -> HistorySize {
+    outcome
+        .replicas
+        .iter()
+        .max_by_key(|r| r.order.len())
+        .map(|r| HistorySize {
+            commits: r.order.len(),
+            messages: r.texts.len(),
+            merges: r.merges,
+        })
+        .unwrap_or_default()
 }
 
 fn converge_after_heal(outcome: &Outcome) -> Option<f64> {
@@ -304,6 +332,7 @@ pub fn variant_report(
         connections_per_node,
         connections_mean,
         commits_rejected: outcome.commits_rejected,
+        history: history_size(outcome),
         plots: Vec::new(),
         plot_errors: Vec::new(),
     }

@@ -101,6 +101,8 @@ pub struct Replica {
     pub order: Vec<Oid>,
     /// Its text messages.
     pub texts: BTreeSet<Oid>,
+    /// How many of its commits are merges (more than one parent).
+    pub merges: usize,
 }
 
 /// Everything a variant's run produced, for checkers and reports.
@@ -800,6 +802,7 @@ pub fn read_replica(node: usize, online: bool, path: &Path) -> anyhow::Result<Re
                 head: None,
                 order: Vec::new(),
                 texts: BTreeSet::new(),
+                merges: 0,
             })
         }
     };
@@ -816,6 +819,10 @@ pub fn read_replica(node: usize, online: bool, path: &Path) -> anyhow::Result<Re
         .copied()
         .filter(|c| is_text(repo, *c))
         .collect();
+    let merges = order
+        .iter()
+        .filter(|c| repo.find_commit(**c).is_ok_and(|c| c.parent_count() > 1))
+        .count();
     Ok(Replica {
         node,
         online,
@@ -823,6 +830,7 @@ pub fn read_replica(node: usize, online: bool, path: &Path) -> anyhow::Result<Re
         head,
         order,
         texts,
+        merges,
     })
 }
 

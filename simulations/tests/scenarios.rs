@@ -82,6 +82,11 @@ fn internet_shutdown_converges_after_the_heal() {
         .as_ref()
         .expect("a heal gives a git baseline");
     assert!(baseline.objects > 0, "the two sides differed at the heal");
+    // The history counts what it holds: every accepted message, and at
+    // least the merge that joined the two sides' histories.
+    assert_eq!(v.history.messages, v.writes["accepted"]);
+    assert!(v.history.merges >= 1, "{:?}", v.history);
+    assert!(v.history.commits >= v.history.messages + v.history.merges);
 }
 
 #[test]

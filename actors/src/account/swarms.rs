@@ -905,6 +905,7 @@ impl Handler<FrameReceived> for Account {
                                 return;
                             };
                             let (before, after) = (entry.view.head, received.view.head);
+                            tracing::debug!(%conversation, accepted = received.report.accepted, merged = received.report.merged, "inline pack taken");
                             entry.view = received.view;
                             let sync_event = Event::Sync {
                                 conversation,
