@@ -308,6 +308,35 @@ fn check_ancestry_questions(store: &mut Store) -> Result<(), TestCaseError> {
             );
         }
     }
+    // What a receive validates: the commits of one tip that none of a few
+    // known ones reach, as libgit2 finds them, parents first.
+    for (i, &tip) in commits.iter().take(12).enumerate() {
+        for known in [
+            vec![],
+            vec![commits[commits.len() - 1]],
+            commits.iter().skip(i + 1).step_by(3).take(3).copied().collect(),
+            commits.iter().skip(i / 2).step_by(5).take(2).copied().collect(),
+        ] {
+            let found = store.unknown_commits(tip, &known).unwrap();
+            let repo = store.repository();
+            let mut walk = repo.revwalk().unwrap();
+            walk.push(tip).unwrap();
+            for k in &known {
+                walk.hide(*k).unwrap();
+            }
+            let expected: BTreeSet<git2::Oid> = walk.map(|id| id.unwrap()).collect();
+            let got: BTreeSet<git2::Oid> = found.iter().copied().collect();
+            prop_assert_eq!(got.len(), found.len(), "a commit listed twice");
+            prop_assert_eq!(&got, &expected, "unknown_commits({}, {:?})", tip, known);
+            for (at, id) in found.iter().enumerate() {
+                for parent in repo.find_commit(*id).unwrap().parent_ids() {
+                    if let Some(p) = found.iter().position(|f| *f == parent) {
+                        prop_assert!(p < at, "{} listed before its parent {}", id, parent);
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -531,24 +531,16 @@ impl Store {
 
     /// Commits reachable from `theirs` and not from accepted refs, oldest first.
     fn candidates(&mut self, theirs: Oid) -> Result<Vec<Candidate>, StoreError> {
-        let mut walk = self.repo.revwalk()?;
-        walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)?;
-        walk.push(theirs)?;
+        let mut known = Vec::new();
         if let Ok(head) = self.repo.refname_to_id(HEAD_REF) {
-            walk.hide(head)?;
+            known.push(head);
         }
         for reference in self.repo.references_glob(&format!("{PEER_REF_PREFIX}*"))? {
             if let Some(target) = reference?.target() {
-                walk.hide(target)?;
+                known.push(target);
             }
         }
-        let ids: Vec<Oid> = walk.take(FETCH_COMMITS_MAX + 1).collect::<Result<_, _>>()?;
-        if ids.len() > FETCH_COMMITS_MAX {
-            return Err(StoreError::Rejected(vec![Rejection::TooManyCommits {
-                found: ids.len(),
-                max: FETCH_COMMITS_MAX,
-            }]));
-        }
+        let ids = self.unknown_commits(theirs, &known)?;
         ids.into_iter().map(|id| self.candidate(id)).collect()
     }
 
@@ -989,6 +981,13 @@ impl Store {
         Ok(Some(merged))
     }
 
+    /// The commits reachable from `tip` and from none of `known` (accepted
+    /// commits), parents first: what a receive of `tip` validates when
+    /// `known` are our head and peer heads.
+    pub fn unknown_commits(&mut self, tip: Oid, known: &[Oid]) -> Result<Vec<Oid>, StoreError> {
+        unknown_commits(&self.repo, &mut self.generations, tip, known, FETCH_COMMITS_MAX)
+    }
+
     /// Content containment (see `starling_protocol::swarm::merge`).
     pub fn contains(&mut self, t: Oid, x: Oid) -> Result<bool, StoreError> {
         Containment::default().contains(&self.repo, &mut self.generations, t, x)
@@ -1252,6 +1251,145 @@ fn generation_in(
         .map_err(|e| StoreError::Body(commit_id(id), e.to_string()))?;
     generations.insert(id, body.generation());
     Ok(body.generation())
+}
+
+/// The commits reachable from `tip` and from none of `known` (accepted
+/// commits), parents before children; more than `max` is refused.
+///
+/// The walk takes commits from the newest generation down and stops once
+/// only known ones are left. Every known commit's generation is its
+/// greatest parent's plus one (validation holds accepted commits to it), so
+/// a commit is marked known before it is taken whenever it is: a
+/// candidate's own body may lie about its generation, which only changes
+/// when the candidate is taken, never whether. libgit2's revision walk
+/// orders by commit time instead, which in a busy swarm (many commits in the
+/// same second) made it walk far past the fork on every receive.
+fn unknown_commits(
+    repo: &Repository,
+    generations: &mut HashMap<Oid, u64>,
+    tip: Oid,
+    known: &[Oid],
+    max: usize,
+) -> Result<Vec<Oid>, StoreError> {
+    let mut walk = UnknownWalk::default();
+    for &k in known {
+        let generation = generation_in(repo, generations, k)?;
+        walk.enqueue(k, Mark::Known, generation);
+    }
+    // A candidate's body may be unreadable (validation rejects it then): it
+    // is taken first.
+    let tip_generation = generation_in(repo, generations, tip).unwrap_or(u64::MAX);
+    walk.enqueue(tip, Mark::Unknown, tip_generation);
+    let mut found = Vec::new();
+    let mut parents_of: HashMap<Oid, Vec<Oid>> = HashMap::new();
+    while walk.unknown_queued > 0 {
+        let Some((_, id)) = walk.queue.pop() else {
+            break;
+        };
+        let mark = match walk.marks.get_mut(&id) {
+            Some(m @ Mark::Unknown) => {
+                *m = Mark::Taken;
+                walk.unknown_queued -= 1;
+                Mark::Unknown
+            }
+            _ => Mark::Known,
+        };
+        let parents: Vec<Oid> = repo.find_commit(id)?.parent_ids().collect();
+        for &parent in &parents {
+            let generation = match mark {
+                Mark::Known => generation_in(repo, generations, parent)?,
+                _ => generation_in(repo, generations, parent).unwrap_or(u64::MAX),
+            };
+            walk.enqueue(parent, mark, generation);
+        }
+        if mark == Mark::Unknown {
+            found.push(id);
+            if found.len() > max {
+                return Err(StoreError::Rejected(vec![Rejection::TooManyCommits {
+                    found: found.len(),
+                    max,
+                }]));
+            }
+            parents_of.insert(id, parents);
+        }
+    }
+    Ok(parents_first(&found, &parents_of))
+}
+
+/// Where a commit stands in [`unknown_commits`]' walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Reachable from a known commit.
+    Known,
+    /// Queued, reachable only from the tip so far.
+    Unknown,
+    /// Taken from the queue as unknown (found).
+    Taken,
+}
+
+#[derive(Default)]
+struct UnknownWalk {
+    /// Every commit queued so far.
+    marks: HashMap<Oid, Mark>,
+    /// By generation, newest first.
+    queue: std::collections::BinaryHeap<(u64, Oid)>,
+    /// Queued commits marked [`Mark::Unknown`]: the walk ends at zero.
+    unknown_queued: usize,
+}
+
+impl UnknownWalk {
+    fn enqueue(&mut self, id: Oid, mark: Mark, generation: u64) {
+        match self.marks.get_mut(&id) {
+            Some(m @ Mark::Unknown) if mark == Mark::Known => {
+                *m = Mark::Known;
+                self.unknown_queued -= 1;
+            }
+            // Known stays known; a taken commit stays found (only a
+            // candidate that lied about its generation gets here).
+            Some(_) => {}
+            None => {
+                self.marks.insert(id, mark);
+                self.queue.push((generation, id));
+                if mark == Mark::Unknown {
+                    self.unknown_queued += 1;
+                }
+            }
+        }
+    }
+}
+
+/// `ids` ordered so that each comes after those of its parents among them
+/// (depth first, from the oldest found); `parents_of` lists each one's
+/// parents.
+fn parents_first(ids: &[Oid], parents_of: &HashMap<Oid, Vec<Oid>>) -> Vec<Oid> {
+    let mut placed = HashSet::with_capacity(ids.len());
+    let mut order = Vec::with_capacity(ids.len());
+    // Found newest first: start from the oldest so the order is the
+    // generation order whenever generations are honest.
+    for &start in ids.iter().rev() {
+        if placed.contains(&start) {
+            continue;
+        }
+        // (commit, whether its parents have been pushed)
+        let mut stack = vec![(start, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if placed.contains(&id) {
+                continue;
+            }
+            if expanded {
+                placed.insert(id);
+                order.push(id);
+                continue;
+            }
+            stack.push((id, true));
+            for parent in parents_of.get(&id).into_iter().flatten() {
+                if parents_of.contains_key(parent) && !placed.contains(parent) {
+                    stack.push((*parent, false));
+                }
+            }
+        }
+    }
+    order
 }
 
 /// The ancestors of one commit, found lazily from the newest generation
