@@ -314,8 +314,20 @@ fn check_ancestry_questions(store: &mut Store) -> Result<(), TestCaseError> {
         for known in [
             vec![],
             vec![commits[commits.len() - 1]],
-            commits.iter().skip(i + 1).step_by(3).take(3).copied().collect(),
-            commits.iter().skip(i / 2).step_by(5).take(2).copied().collect(),
+            commits
+                .iter()
+                .skip(i + 1)
+                .step_by(3)
+                .take(3)
+                .copied()
+                .collect(),
+            commits
+                .iter()
+                .skip(i / 2)
+                .step_by(5)
+                .take(2)
+                .copied()
+                .collect(),
         ] {
             let found = store.unknown_commits(tip, &known).unwrap();
             let repo = store.repository();

@@ -985,7 +985,13 @@ impl Store {
     /// commits), parents first: what a receive of `tip` validates when
     /// `known` are our head and peer heads.
     pub fn unknown_commits(&mut self, tip: Oid, known: &[Oid]) -> Result<Vec<Oid>, StoreError> {
-        unknown_commits(&self.repo, &mut self.generations, tip, known, FETCH_COMMITS_MAX)
+        unknown_commits(
+            &self.repo,
+            &mut self.generations,
+            tip,
+            known,
+            FETCH_COMMITS_MAX,
+        )
     }
 
     /// Content containment (see `starling_protocol::swarm::merge`).
