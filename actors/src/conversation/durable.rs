@@ -39,7 +39,7 @@ const STAGING_PRIORITY: i32 = 1_000;
 const EMPTY_PACK_BYTES: usize = 32;
 
 /// Sets libgit2's process-wide switches: fsync of packs, loose objects and
-/// refs on; hashing every object again each time it is read off.
+/// refs on, and the hashing of every object again at each read off.
 /// Must run before a repository is opened (libgit2 reads the fsync switch
 /// when it sets up a repository's backends); every opener in this crate
 /// calls it, and calls after the first are free.
@@ -54,8 +54,8 @@ const EMPTY_PACK_BYTES: usize = 32;
 pub fn configure_libgit2() {
     static ENABLE: Once = Once::new();
     ENABLE.call_once(|| {
-        git2::opts::strict_hash_verification(false);
         libgit2_sys::init();
+        git2::opts::strict_hash_verification(false);
         // SAFETY: git_libgit2_opts with GIT_OPT_ENABLE_FSYNC_GITDIR takes one
         // int argument and only stores it in a global flag; `Once` keeps it
         // from racing itself, and it runs before this crate opens any

@@ -529,7 +529,7 @@ impl Store {
         validate_batch_checked(candidates, &signatures, self, conversation, now_secs)
     }
 
-    /// Commits reachable from `theirs` and not from accepted refs, oldest first.
+    /// Commits reachable from `theirs` and not from accepted refs, parents first.
     fn candidates(&mut self, theirs: Oid) -> Result<Vec<Candidate>, StoreError> {
         let mut known = Vec::new();
         if let Ok(head) = self.repo.refname_to_id(HEAD_REF) {
