@@ -641,20 +641,13 @@ impl Handler<ReceivePack> for Conversation {
             Ok(None) => {}
             Err(source) => return Err(self.store_error(source)),
         }
+        // Flushing adds only our own staged commits, which no peer can hold
+        // (a batch is announced once durable): the head is still not held.
         self.flush_batch();
         let peer = msg.peer.to_hex();
         let result = self.with_store(|store, signer| {
-            let head = oid(&store.head()?);
-            let report = if holds(store, head, &msg.head) {
-                FetchReport {
-                    accepted: 0,
-                    rejected: Vec::new(),
-                    head: commit_id(head),
-                    merged: false,
-                }
-            } else {
-                store.receive_pack(&peer, msg.head, msg.base, &msg.pack, signer, now_secs())?
-            };
+            let report =
+                store.receive_pack(&peer, msg.head, msg.base, &msg.pack, signer, now_secs())?;
             let head = oid(&store.head()?);
             let held = [msg.head]
                 .into_iter()
