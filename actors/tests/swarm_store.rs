@@ -9,7 +9,7 @@ use starling_actors::conversation::{Store, StoreError};
 use starling_protocol::swarm::body::BodyError;
 use starling_protocol::swarm::body::{encode_body, BodyKind, MemberAction, Mode, VoteAction};
 use starling_protocol::swarm::commit::CommitFormatError;
-use starling_protocol::swarm::ids::CommitId;
+use starling_protocol::swarm::ids::{CommitId, ConversationNonce};
 use starling_protocol::swarm::limits::BODY_BYTES_MAX;
 use starling_protocol::swarm::state::{admin_path, device_path};
 use starling_protocol::swarm::validation::{Changes, Rejection};
@@ -557,7 +557,13 @@ fn rejection_table() {
                     device_path(&p.b1.device_id()),
                     Some(p.b1.device_cert().to_pem().into_bytes()),
                 );
-                let initial = encode_body(0, &BodyKind::Initial { mode: Mode::Public });
+                let initial = encode_body(
+                    0,
+                    &BodyKind::Initial {
+                        mode: Mode::Public,
+                        nonce: ConversationNonce::from_bytes([3; 16]),
+                    },
+                );
                 let root = craft_at(&p.b, &p.b1, &[], &initial, &files, NOW);
                 // Graft it beside the shared history so the append-only check
                 // passes and the validator meets the second root itself.

@@ -144,6 +144,7 @@ impl From<SwarmError> for ApiError {
             SwarmError::Busy(_) => ApiError::Unavailable(e.to_string()),
             SwarmError::InviterOffline(_)
             | SwarmError::AlreadyMember(_)
+            | SwarmError::AlreadyExists(_)
             | SwarmError::TooManyConversations => ApiError::Conflict(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }

@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -135,6 +135,8 @@ pub enum SwarmError {
     InviterOffline(CommitId),
     #[error("already a member of {0}")]
     AlreadyMember(CommitId),
+    #[error("conversation {0} already exists on this device")]
+    AlreadyExists(CommitId),
     #[error("text of {found} bytes exceeds the limit of {TEXT_BYTES_MAX}")]
     TooLarge { found: usize },
     #[error("the swarm's rules refuse this: {0}")]
@@ -1225,6 +1227,23 @@ fn blocking_error(e: tokio::task::JoinError) -> SwarmError {
     SwarmError::Io(format!("blocking task: {e}"))
 }
 
+/// Moves a repository just created at `tmp` to its place under `dir`, named
+/// by its conversation id `id`. An id already taken (the initial commit's
+/// nonce makes that unreachable short of a broken RNG) leaves the existing
+/// repository alone; on any failure nothing half-made stays behind.
+fn place_created(tmp: &Path, dir: &Path, id: CommitId) -> Result<PathBuf, SwarmError> {
+    let path = dir.join(format!("{}.git", id.to_hex()));
+    let result = if path.exists() {
+        Err(SwarmError::AlreadyExists(id))
+    } else {
+        std::fs::rename(tmp, &path).map_err(|e| SwarmError::Io(format!("{}: {e}", path.display())))
+    };
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+    result.map(|()| path)
+}
+
 impl Handler<CreateSwarm> for Account {
     type Result = ResponseActFuture<Self, Result<CommitId, SwarmError>>;
 
@@ -1242,13 +1261,16 @@ impl Handler<CreateSwarm> for Account {
                 let mut suffix = [0u8; 8];
                 rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut suffix);
                 let tmp = dir.join(format!("{}.new", u64::from_le_bytes(suffix)));
-                let store = Store::create(&tmp, &signer, mode, now_secs())
-                    .map_err(|e| SwarmError::Io(e.to_string()))?;
+                let store = match Store::create(&tmp, &signer, mode, now_secs()) {
+                    Ok(store) => store,
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&tmp);
+                        return Err(SwarmError::Io(e.to_string()));
+                    }
+                };
                 let id = store.conversation();
                 drop(store);
-                let path = dir.join(format!("{}.git", id.to_hex()));
-                std::fs::rename(&tmp, &path)
-                    .map_err(|e| SwarmError::Io(format!("{}: {e}", path.display())))?;
+                let path = place_created(&tmp, &dir, id)?;
                 Ok::<_, SwarmError>((id, path))
             })
             .await
@@ -1788,5 +1810,38 @@ impl Swarms {
             Some(device) => self.connected.contains_key(device),
             None => self.connected.values().any(|p| p.account_id == *account),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A conversation id already on disk is a conflict, not a storage error:
+    /// the repository there is left as it was and the new one is removed.
+    #[test]
+    fn placing_a_repository_under_a_taken_id_keeps_the_old_and_drops_the_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let id: CommitId = "ab".repeat(20).parse().unwrap();
+        let taken = dir.path().join(format!("{id}.git"));
+        std::fs::create_dir(&taken).unwrap();
+        std::fs::write(taken.join("config"), "old").unwrap();
+        let tmp = dir.path().join("1.new");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::write(tmp.join("config"), "new").unwrap();
+
+        let placed = place_created(&tmp, dir.path(), id);
+        assert!(matches!(placed, Err(SwarmError::AlreadyExists(got)) if got == id));
+        assert_eq!(
+            std::fs::read_to_string(taken.join("config")).unwrap(),
+            "old"
+        );
+        assert!(!tmp.exists(), "the half-made repository is gone");
+
+        let fresh: CommitId = "cd".repeat(20).parse().unwrap();
+        std::fs::create_dir(&tmp).unwrap();
+        let placed = place_created(&tmp, dir.path(), fresh).unwrap();
+        assert_eq!(placed, dir.path().join(format!("{fresh}.git")));
+        assert!(placed.is_dir() && !tmp.exists());
     }
 }

@@ -31,7 +31,7 @@ use git2::{Oid, Repository};
 use starling_protocol::swarm::body::{encode_body, parse_body, Body, BodyKind, Mode};
 use starling_protocol::swarm::commit::{sign_payload, KeyCache};
 use starling_protocol::swarm::gossip::INLINE_PACK_BYTES_MAX;
-use starling_protocol::swarm::ids::CommitId;
+use starling_protocol::swarm::ids::{CommitId, ConversationNonce, CONVERSATION_NONCE_BYTES};
 use starling_protocol::swarm::limits::{
     FETCH_COMMITS_MAX, PAGE_MESSAGES_MAX, TREE_FILES_MAX, TREE_FILE_BYTES_MAX,
 };
@@ -207,7 +207,8 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Creates a conversation: a new bare repository at `path` with the signed
-    /// initial commit (mode, the creator as admin, its device).
+    /// initial commit (mode, the creator as admin, its device, and a fresh
+    /// random nonce, so every creation gets its own conversation id).
     pub fn create(
         path: &Path,
         signer: &DeviceSigner,
@@ -228,7 +229,10 @@ impl Store {
         );
         let empty = repo.treebuilder(None)?.write()?;
         let tree = tree_with_changes(&repo, empty, &changes)?;
-        let body = encode_body(0, &BodyKind::Initial { mode });
+        let mut nonce = [0u8; CONVERSATION_NONCE_BYTES];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let nonce = ConversationNonce::from_bytes(nonce);
+        let body = encode_body(0, &BodyKind::Initial { mode, nonce });
         let written = write_commit_parts(&repo, signer, tree, &[], &body, now_secs)?;
         let id = written.id;
         let mut store = Self {

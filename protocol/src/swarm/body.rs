@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::CommitId;
+use super::ids::{CommitId, ConversationNonce};
 use super::limits::{BODY_BYTES_MAX, FILE_NAME_BYTES_MAX, REACTION_BYTES_MAX, TEXT_BYTES_MAX};
 use crate::id::AccountId;
 
@@ -100,6 +100,8 @@ pub enum BodyKind {
     Initial {
         /// The conversation's mode (also in the tree's `mode` file).
         mode: Mode,
+        /// Random bits that make this conversation's id unique (required).
+        nonce: ConversationNonce,
     },
     /// A text message, a reply, an edit, or (empty edit) a deletion.
     Text {
@@ -323,6 +325,7 @@ mod tests {
         let kinds = vec![
             BodyKind::Initial {
                 mode: Mode::InvitesOnly,
+                nonce: ConversationNonce::from_bytes([7; 16]),
             },
             BodyKind::Text {
                 text: "hi".into(),
@@ -392,6 +395,21 @@ mod tests {
             Err(BodyError::TooLarge { .. })
         ));
         assert!(matches!(parse_body(b"[]"), Err(BodyError::Malformed(_))));
+        // The nonce is required and exact: an initial body without one, or
+        // with a short or upper-case one, is malformed.
+        for initial in [
+            r#"{"type":"initial","generation":0,"mode":"public"}"#,
+            r#"{"type":"initial","generation":0,"mode":"public","nonce":"abcd"}"#,
+            r#"{"type":"initial","generation":0,"mode":"public","nonce":"0123456789ABCDEF0123456789abcdef"}"#,
+        ] {
+            assert!(
+                matches!(
+                    parse_body(initial.as_bytes()),
+                    Err(BodyError::BadField { .. })
+                ),
+                "{initial}"
+            );
+        }
         assert!(matches!(
             parse_body(br#"{"type":"member","generation":1,"action":"explode","account":"x"}"#),
             Err(BodyError::BadField { .. })

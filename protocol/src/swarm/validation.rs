@@ -446,7 +446,7 @@ fn validate_root(
     if ctx.conversation.is_some_and(|c| c != id) {
         return Err(Rejection::ForeignRoot(id));
     }
-    let Some(BodyKind::Initial { mode }) = body.kind() else {
+    let Some(BodyKind::Initial { mode, .. }) = body.kind() else {
         return Err(Rejection::MergeShape(id));
     };
     let mut files = Files::new();
@@ -1385,6 +1385,7 @@ mod signed_tests {
             0,
             &BodyKind::Initial {
                 mode: Mode::InvitesOnly,
+                nonce: crate::swarm::ids::ConversationNonce::from_bytes([9; 16]),
             },
         );
         let mut payload = format!(
