@@ -985,3 +985,23 @@ fn descends_agrees_with_libgit2_on_a_criss_cross_history() {
     let stranger = git2::Oid::from_bytes(&[7; 20]).unwrap();
     assert!(!p.a.descends(head_oid(&p.a), stranger).unwrap());
 }
+
+/// Setting the profile to what it already is changes no file, which every
+/// peer refuses (`profile.json` is missing from the changes): the author's
+/// own store must refuse it too, never publish it. Shrunk from
+/// `replicas_converge`.
+#[test]
+fn a_profile_change_that_changes_nothing_is_refused_by_its_author() {
+    let mut p = pair(Mode::InvitesOnly);
+    let profile = br#"{"title":"t239"}"#.to_vec();
+    p.a.author(&p.a1, BodyKind::Profile, Some(profile.clone()), NOW)
+        .unwrap();
+    let again = p.a.author(&p.a1, BodyKind::Profile, Some(profile), NOW);
+    assert!(
+        matches!(&again, Err(StoreError::Own(r)) if matches!(**r, Rejection::UnexpectedChanges { .. })),
+        "{again:?}"
+    );
+    let report = p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(p.b.head().unwrap(), p.a.head().unwrap());
+}

@@ -616,6 +616,14 @@ impl Store {
             changes.insert(path, value);
         }
         let base_tree = self.tree_of(head)?;
+        // Peers judge the trees' real difference, so a change that changes
+        // nothing (the same profile again) must count as missing here too:
+        // otherwise we would accept a commit every peer refuses.
+        let before = self.files_of_tree(base_tree)?;
+        changes.retain(|path, change| match change {
+            Some(content) => before.get(path) != Some(content),
+            None => before.contains_key(path),
+        });
         let tree = tree_with_changes(&self.repo, base_tree, &changes)?;
         let written = write_commit_parts(
             &self.repo,
