@@ -19,6 +19,8 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 # Network namespaces, veth pairs and bridges for tests/discovery.rs.
 command -v ip >/dev/null || missing+=(iproute2)
+# Runs daemons with clocks a day apart in tests/clock_skew.rs.
+command -v faketime >/dev/null || missing+=(faketime)
 # promtool checks the daemon's /metrics in tests/events.rs.
 command -v promtool >/dev/null || missing+=(prometheus)
 # starling-sim draws its report plots with this font (read at run time).

@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use ed25519_dalek::{Signer, SigningKey};
 use git2::Oid;
 use rand::SeedableRng;
-use starling_actors::conversation::store::{check_signatures, oid, write_commit, HEAD_REF};
+use starling_actors::conversation::store::{check_signatures, commit_id, oid, write_commit};
 use starling_actors::conversation::{DeviceSigner, Store};
 use starling_protocol::swarm::body::{encode_body, BodyKind, MemberAction, Mode};
 use starling_protocol::swarm::validation::{validate_batch, validate_batch_checked};
@@ -50,7 +50,7 @@ fn text(generation: u64, n: usize) -> Vec<u8> {
 fn append_signed(store: &mut Store, signer: &DeviceSigner, n: usize) {
     let mut generation = store.last_messages(1).expect("page")[0].key.generation;
     let repo = store.repository();
-    let mut head = repo.refname_to_id(HEAD_REF).expect("head");
+    let mut head = oid(&store.head().expect("head"));
     let tree = repo.find_commit(head).expect("commit").tree_id();
     for i in 0..n {
         generation += 1;
@@ -58,8 +58,9 @@ fn append_signed(store: &mut Store, signer: &DeviceSigner, n: usize) {
             write_commit(repo, signer, tree, &[head], &text(generation, i), NOW).expect("commit");
     }
     store.persist_objects().expect("persist");
-    let repo = store.repository();
-    repo.reference(HEAD_REF, head, true, "bench").expect("ref");
+    store
+        .replace_tips_unvalidated(vec![commit_id(head)])
+        .expect("tips");
 }
 
 fn commits(c: &mut Criterion) {
@@ -131,7 +132,7 @@ fn validation(c: &mut Criterion) {
                 .iter()
                 .map(|id| store.candidate(*id).expect("candidate"))
                 .collect();
-            let verdict = validate_batch(&candidates, &mut store, Some(conversation), NOW);
+            let verdict = validate_batch(&candidates, &mut store, Some(conversation));
             assert_eq!(verdict.accepted.len(), BATCH);
             verdict.accepted.len()
         })
@@ -150,7 +151,6 @@ fn validation(c: &mut Criterion) {
                     &signatures,
                     &mut store,
                     Some(conversation),
-                    NOW,
                 );
                 assert_eq!(verdict.accepted.len(), BATCH);
                 verdict.accepted.len()
@@ -202,7 +202,7 @@ fn merge(c: &mut Criterion) {
         NOW,
     )
     .expect("invite");
-    let mut b = Store::clone_from(&a_path, &b_path, a.conversation(), "alice", NOW).expect("clone");
+    let mut b = Store::clone_from(&a_path, &b_path, a.conversation(), "alice").expect("clone");
     b.author(
         &b1,
         BodyKind::Member {
@@ -213,14 +213,14 @@ fn merge(c: &mut Criterion) {
         NOW,
     )
     .expect("join");
-    a.fetch_from(&b_path, "bob", &a1, NOW).expect("sync");
+    a.fetch_from(&b_path, "bob").expect("sync");
     append_signed(&mut a, &a1, BRANCH);
     append_signed(&mut b, &b1, BRANCH);
-    let mut group = c.benchmark_group("merge");
+    let mut group = c.benchmark_group("receive");
     group.sample_size(10);
     group.throughput(Throughput::Elements(BRANCH as u64));
     let mut round = 0;
-    group.bench_function("fetch_validate_merge_2x5000", |bench| {
+    group.bench_function("fetch_validate_concurrent_2x5000", |bench| {
         bench.iter_batched(
             || {
                 round += 1;
@@ -229,8 +229,8 @@ fn merge(c: &mut Criterion) {
                 Store::open(&copy).expect("open")
             },
             |mut store| {
-                let report = store.fetch_from(&b_path, "bob", &a1, NOW).expect("fetch");
-                assert!(report.merged && report.accepted == BRANCH);
+                let report = store.fetch_from(&b_path, "bob").expect("fetch");
+                assert!(report.tips.len() == 2 && report.accepted == BRANCH);
                 report
             },
             BatchSize::PerIteration,

@@ -57,7 +57,7 @@ async fn a_failing_conversation_reopens_from_disk() {
     let addr = Conversation::start_on_own_thread(path.clone(), signer, metrics);
 
     let (first, view) = addr.send(text("before")).await.unwrap().unwrap();
-    assert_eq!((view.id, view.head), (id, first));
+    assert_eq!((view.id, view.tips), (id, vec![first]));
 
     let away = dir.path().join("elsewhere.git");
     std::fs::rename(&path, &away).unwrap();
@@ -66,7 +66,7 @@ async fn a_failing_conversation_reopens_from_disk() {
 
     std::fs::rename(&away, &path).unwrap();
     let view = addr.send(GetView).await.unwrap().unwrap();
-    assert_eq!(view.head, first, "the failed write left no trace");
+    assert_eq!(view.tips, [first], "the failed write left no trace");
     addr.send(text("after")).await.unwrap().unwrap();
     let bodies: Vec<String> = addr
         .send(ListMessages { limit: 10 })
@@ -148,7 +148,7 @@ async fn concurrent_sends_are_grouped_and_each_acknowledged_once_durable() {
             "send {i} was acknowledged before it was durable"
         );
         ids.insert(id);
-        *per_head.entry(view.head).or_default() += 1;
+        *per_head.entry(view.tips[0]).or_default() += 1;
     }
     assert_eq!(ids.len(), sends, "every send made its own commit");
     assert!(
@@ -214,7 +214,7 @@ async fn a_refused_commit_does_not_fail_its_batch() {
     let (first, _) = before.unwrap().unwrap();
     assert!(refused.unwrap().is_err());
     let (second, view) = after.unwrap().unwrap();
-    assert_eq!(view.head, second);
+    assert_eq!(view.tips, [second]);
     assert!(on_disk(&s.path, oid(&first)) && on_disk(&s.path, oid(&second)));
 }
 
@@ -258,7 +258,7 @@ async fn held_questions_between_sends_do_not_split_batches() {
     let s = swarm();
     let metrics = SwarmMetrics::register(&s.registry).unwrap();
     let addr = Conversation::start_on_own_thread(s.path.clone(), s.signer.clone(), metrics);
-    let start = addr.send(GetView).await.unwrap().unwrap().head;
+    let start = addr.send(GetView).await.unwrap().unwrap().tips[0];
     let unknown = CommitId::from_bytes([7; 20]);
     let sends = 60;
     let mut acks = FuturesUnordered::new();
@@ -271,7 +271,7 @@ async fn held_questions_between_sends_do_not_split_batches() {
     while let Some(reply) = acks.next().await {
         let (id, view) = reply.unwrap().unwrap();
         assert!(on_disk(&s.path, oid(&id)), "acknowledged before durable");
-        *per_head.entry(view.head).or_default() += 1;
+        *per_head.entry(view.tips[0]).or_default() += 1;
     }
     while let Some(answer) = answers.next().await {
         assert_eq!(answer.unwrap().unwrap(), BTreeSet::from([start]));

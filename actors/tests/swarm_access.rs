@@ -11,7 +11,7 @@ use prometheus::Registry;
 use starling_actors::account::channel_io::fetch_git;
 use starling_actors::account::swarms::{CreateSwarm, Invite, ListSwarms, RemoveMember};
 use starling_actors::account::{Account, SwarmConfig};
-use starling_actors::conversation::store::{quarantine_ref, Store};
+use starling_actors::conversation::store::{quarantine_prefix, Store};
 use starling_actors::conversation::SwarmMetrics;
 use starling_actors::transport::{ChannelError, Connect, ExpectedPeer, OpenChannel, Transport};
 use starling_protocol::channel::{ChannelName, ReplyCode};
@@ -122,11 +122,12 @@ async fn outsiders_are_refused_until_invited() {
     .unwrap();
     assert!(fetched.received_objects > 0);
     let repo = git2::Repository::open_bare(&path).unwrap();
-    assert!(repo
-        .refname_to_id(&quarantine_ref(&alice_device.to_hex()))
-        .is_ok());
-    let now_secs = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 60;
-    let store = Store::adopt_quarantined(repo, id, &alice_device.to_hex(), now_secs).unwrap();
+    let quarantined = repo
+        .references_glob(&format!("{}*", quarantine_prefix(&alice_device.to_hex())))
+        .unwrap()
+        .count();
+    assert_eq!(quarantined, 1, "alice's one tip is in quarantine");
+    let store = Store::adopt_quarantined(repo, id, &alice_device.to_hex()).unwrap();
     assert_eq!(store.conversation(), id);
     assert_eq!(store.full_order().unwrap().len(), 2, "initial + invite");
 

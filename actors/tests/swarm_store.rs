@@ -46,7 +46,7 @@ fn pair(mode: Mode) -> Pair {
         NOW,
     )
     .unwrap();
-    let mut b = Store::clone_from(&a_path, &b_path, a.conversation(), "alice", NOW).unwrap();
+    let mut b = Store::clone_from(&a_path, &b_path, a.conversation(), "alice").unwrap();
     b.author(
         &b1,
         BodyKind::Member {
@@ -57,7 +57,7 @@ fn pair(mode: Mode) -> Pair {
         NOW,
     )
     .unwrap();
-    a.fetch_from(&b_path, "bob", &a1, NOW).unwrap();
+    a.fetch_from(&b_path, "bob").unwrap();
     assert_eq!(a.head().unwrap(), b.head().unwrap());
     Pair {
         _dir: dir,
@@ -87,8 +87,7 @@ fn text(generation: u64, t: &str) -> Vec<u8> {
 fn alice_fetches(p: &mut Pair) -> Result<Vec<Rejection>, StoreError> {
     // Crafted objects sit in Bob's staging area until persisted.
     p.b.persist_objects().unwrap();
-    p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW)
-        .map(|r| r.rejected)
+    p.a.fetch_from(&p.b_path, "bob").map(|r| r.rejected)
 }
 
 #[test]
@@ -96,12 +95,22 @@ fn a_conversation_round_trip_passes_stock_git() {
     let mut p = pair(Mode::InvitesOnly);
     p.a.send_text(&p.a1, "hello", NOW).unwrap();
     p.b.send_text(&p.b1, "hi", NOW + 1).unwrap();
-    // Concurrent writes: both fetch, one merges, the other adopts or merges.
-    let ra = p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW + 2).unwrap();
-    assert!(ra.merged && ra.rejected.is_empty());
-    let rb = p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW + 2).unwrap();
+    // Concurrent writes: both fetch and hold two tips; nobody merges.
+    let ra = p.a.fetch_from(&p.b_path, "bob").unwrap();
+    assert!(ra.tips.len() == 2 && ra.rejected.is_empty());
+    let rb = p.b.fetch_from(&p.a_path, "alice").unwrap();
     assert!(rb.rejected.is_empty());
-    assert_eq!(p.a.head().unwrap(), p.b.head().unwrap());
+    assert_eq!(p.a.tips(), p.b.tips());
+    // The next message names both tips and joins the histories.
+    let joined = p.a.send_text(&p.a1, "both", NOW + 3).unwrap();
+    let parents =
+        p.a.repository()
+            .find_commit(oid(&joined))
+            .unwrap()
+            .parent_count();
+    assert_eq!((p.a.tips(), parents), (&[joined][..], 2));
+    p.b.fetch_from(&p.a_path, "alice").unwrap();
+    assert_eq!(p.b.tips(), [joined]);
     let texts: Vec<String> =
         p.a.last_messages(10)
             .unwrap()
@@ -111,13 +120,13 @@ fn a_conversation_round_trip_passes_stock_git() {
                 _ => None,
             })
             .collect();
-    assert_eq!(texts.len(), 2);
+    assert_eq!(texts.len(), 3);
     assert_stock_git_accepts(&p.a, &p.a_path);
     assert_stock_git_accepts(&p.b, &p.b_path);
-    // Reopening finds the same conversation and head.
+    // Reopening finds the same conversation and tips.
     let reopened = Store::open(&p.a_path).unwrap();
     assert_eq!(reopened.conversation(), p.a.conversation());
-    assert_eq!(reopened.head().unwrap(), p.a.head().unwrap());
+    assert_eq!(reopened.tips(), p.a.tips());
 }
 
 #[test]
@@ -175,7 +184,7 @@ fn every_commit_type_is_accepted_by_a_peer() {
         NOW,
     )
     .unwrap();
-    let report = p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+    let report = p.b.fetch_from(&p.a_path, "alice").unwrap();
     assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     assert!(
         p.b.members().unwrap().contains(&p.bob.cert.id()),
@@ -219,7 +228,7 @@ fn every_commit_type_is_accepted_by_a_peer() {
         NOW,
     )
     .unwrap();
-    let report = p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
+    let report = p.a.fetch_from(&p.b_path, "bob").unwrap();
     assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     assert!(!p.a.members().unwrap().contains(&p.bob.cert.id()));
     // Unknown types from newer versions are kept and shown as unsupported.
@@ -235,7 +244,6 @@ fn every_commit_type_is_accepted_by_a_peer() {
         &p._dir.path().join("c.git"),
         p.a.conversation(),
         "alice",
-        NOW,
     )
     .unwrap();
     let newest = &c.last_messages(1).unwrap()[0];
@@ -272,13 +280,7 @@ fn rejection_table() {
                 let forged_id = repo
                     .commit_signed(&forged, std::str::from_utf8(&sig).unwrap(), None)
                     .unwrap();
-                repo.reference(
-                    starling_actors::conversation::store::HEAD_REF,
-                    forged_id,
-                    true,
-                    "forge",
-                )
-                .unwrap();
+                make_tip(&p.b, forged_id, &[id]);
             },
             |_, r| {
                 matches!(
@@ -412,25 +414,87 @@ fn rejection_table() {
             |_, r| matches!(r.as_deref(), Ok([Rejection::WrongGeneration { .. }])),
         ),
         (
-            "history rewrite",
+            "a multi-parent commit with a change of its own beyond its type",
             |p| {
-                // Bob's head moves back to a fork of an older commit.
-                let parent =
-                    p.b.repository()
-                        .find_commit(head_oid(&p.b))
-                        .unwrap()
-                        .parent_id(0)
-                        .unwrap();
-                let gen = 2; // initial 0, invite 1 → fork at generation 2
+                let join = head_oid(&p.b);
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                let one = craft(&p.b, &p.b1, join, &text(g, "one"), &Changes::new());
+                let two = craft(&p.b, &p.b1, join, &text(g, "two"), &Changes::new());
+                let mut extra = Changes::new();
+                extra.insert("junk".into(), Some(b"j".to_vec()));
+                craft_at(
+                    &p.b,
+                    &p.b1,
+                    &[one.min(two), one.max(two)],
+                    &text(g + 1, "both"),
+                    &extra,
+                    NOW,
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::UnexpectedChanges { .. }])),
+        ),
+        (
+            "a multi-parent commit whose tree drops what one parent added",
+            |p| {
+                // Branch one adds Bob's second device; the commit joining it
+                // with branch two keeps branch two's tree, which lacks it.
+                let join = head_oid(&p.b);
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                let b2 = p.bob.device(22);
+                let mut device = Changes::new();
+                device.insert(
+                    device_path(&b2.device_id()),
+                    Some(b2.device_cert().to_pem().into_bytes()),
+                );
+                let one = craft(&p.b, &b2, join, &encode_body(g, &BodyKind::Device), &device);
+                let two = craft(&p.b, &p.b1, join, &text(g, "two"), &Changes::new());
+                let (first, second) = (one.min(two), one.max(two));
+                let mut changes = Changes::new();
+                if first == one {
+                    changes.insert(device_path(&b2.device_id()), None);
+                }
+                craft_at(
+                    &p.b,
+                    &p.b1,
+                    &[first, second],
+                    &text(g + 1, "both"),
+                    &changes,
+                    NOW,
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::UnexpectedChanges { .. }])),
+        ),
+        (
+            "parents out of order",
+            |p| {
+                let join = head_oid(&p.b);
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+                let one = craft(&p.b, &p.b1, join, &text(g, "one"), &Changes::new());
+                let two = craft(&p.b, &p.b1, join, &text(g, "two"), &Changes::new());
+                craft_at(
+                    &p.b,
+                    &p.b1,
+                    &[one.max(two), one.min(two)],
+                    &text(g + 1, "both"),
+                    &Changes::new(),
+                    NOW,
+                );
+            },
+            |_, r| matches!(r.as_deref(), Ok([Rejection::ParentOrder(_)])),
+        ),
+        (
+            "a merge with one parent",
+            |p| {
+                let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
                 craft(
                     &p.b,
                     &p.b1,
-                    parent,
-                    &text(gen, "rewritten"),
+                    head_oid(&p.b),
+                    &encode_body(g, &BodyKind::Merge),
                     &Changes::new(),
                 );
             },
-            |_, r| matches!(r, Err(StoreError::HistoryRewrite { .. })),
+            |_, r| matches!(r.as_deref(), Ok([Rejection::MergeShape(_)])),
         ),
         (
             "revoked device",
@@ -495,7 +559,7 @@ fn rejection_table() {
                     NOW,
                 )
                 .unwrap();
-                p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+                p.b.fetch_from(&p.a_path, "alice").unwrap();
                 assert!(p.b.send_text(&p.b1, "still here", NOW).is_err());
                 let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
                 craft(
@@ -509,7 +573,7 @@ fn rejection_table() {
             |_, r| matches!(r.as_deref(), Ok([Rejection::BannedDevice { .. }])),
         ),
         (
-            "commit from the future",
+            "commit dated before its device's certificate",
             |p| {
                 let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
                 let day = 24 * 3600;
@@ -517,12 +581,12 @@ fn rejection_table() {
                     &p.b,
                     &p.b1,
                     &[head_oid(&p.b)],
-                    &text(g, "tomorrow"),
+                    &text(g, "yesterday"),
                     &Changes::new(),
-                    NOW + day,
+                    NOW - day,
                 );
             },
-            |_, r| matches!(r.as_deref(), Ok([Rejection::FromTheFuture { .. }])),
+            |_, r| matches!(r.as_deref(), Ok([Rejection::DeviceNotCurrent { .. }])),
         ),
         (
             "merge that adds a file of its own",
@@ -595,10 +659,14 @@ fn rejection_table() {
         let crafted = head_oid(&p.b);
         let result = alice_fetches(&mut p);
         assert!(check(&p, &result), "row {name:?}: got {result:?}");
-        let head = head_oid(&p.a);
-        let repo = p.a.repository();
+        let tips = p.a.tips().to_vec();
         assert!(
-            head != crafted && !repo.graph_descendant_of(head, crafted).unwrap(),
+            !starling_protocol::swarm::dag::descends(
+                &mut p.a,
+                &tips,
+                &starling_actors::conversation::store::commit_id(crafted)
+            )
+            .unwrap(),
             "row {name:?}: the refused commit entered history"
         );
         let counted: u64 = p.a.rejection_counts().values().sum();
@@ -608,6 +676,82 @@ fn rejection_table() {
             "row {name:?}: every rejection is counted"
         );
     }
+}
+
+#[test]
+fn clocks_a_year_fast_and_a_day_slow_write_commits_every_replica_accepts() {
+    let mut p = pair(Mode::InvitesOnly);
+    let (year, day) = (365 * 24 * 3600, 24 * 3600);
+    let lead = starling_protocol::swarm::limits::COMMIT_TIME_LEAD_SECS_MAX;
+    // Alice's clock runs a year fast; Bob's a day slow, behind the clock
+    // his certificates were issued with (their notBefore is NOW - 1 h).
+    let (alice_now, bob_now) = (NOW + year, NOW - day);
+    let time_of = |store: &Store, id| {
+        store
+            .repository()
+            .find_commit(starling_actors::conversation::store::oid(&id))
+            .unwrap()
+            .committer()
+            .when()
+            .seconds()
+    };
+    let alone = Store::create(
+        &p._dir.path().join("alone.git"),
+        &p.b1,
+        Mode::InvitesOnly,
+        bob_now,
+    )
+    .unwrap();
+    let root = alone.head().unwrap();
+    assert_eq!(time_of(&alone, root), NOW - 3600, "never before notBefore");
+    let a_msg = p.a.send_text(&p.a1, "from next year", alice_now).unwrap();
+    let b_msg = p.b.send_text(&p.b1, "from yesterday", bob_now).unwrap();
+    assert_eq!(time_of(&p.a, a_msg), alice_now, "a fast clock is kept");
+    assert_eq!(time_of(&p.b, b_msg), NOW, "a slow one follows its parent");
+    let ra = p.a.fetch_from(&p.b_path, "bob").unwrap();
+    assert!(ra.rejected.is_empty(), "{:?}", ra.rejected);
+    let rb = p.b.fetch_from(&p.a_path, "alice").unwrap();
+    assert!(rb.rejected.is_empty(), "{:?}", rb.rejected);
+    // A reply to a message a year ahead follows it only so far.
+    let reply = p.b.send_text(&p.b1, "answer", bob_now).unwrap();
+    assert_eq!(time_of(&p.b, reply), bob_now + lead);
+    let ra = p.a.fetch_from(&p.b_path, "bob").unwrap();
+    assert!(ra.rejected.is_empty(), "{:?}", ra.rejected);
+    assert_eq!(p.a.head().unwrap(), p.b.head().unwrap());
+    assert_eq!(p.a.full_order().unwrap(), p.b.full_order().unwrap());
+    assert_stock_git_accepts(&p.b, &p.b_path);
+}
+
+#[test]
+fn a_commit_dated_before_its_parent_is_valid_and_shown_at_the_parents_time() {
+    let mut p = pair(Mode::InvitesOnly);
+    let later = NOW + 1_000;
+    let first = p.a.send_text(&p.a1, "first", later).unwrap();
+    p.b.fetch_from(&p.a_path, "alice").unwrap();
+    // An author that did not follow its parent's time (an older or other
+    // implementation): valid, and shown no earlier than what it answers.
+    let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+    let earlier = craft_at(
+        &p.b,
+        &p.b1,
+        &[head_oid(&p.b)],
+        &text(g, "second"),
+        &Changes::new(),
+        NOW,
+    );
+    let report = alice_fetches(&mut p).unwrap();
+    assert!(report.is_empty(), "{report:?}");
+    let newest = p.a.last_messages(2).unwrap();
+    let ids: Vec<_> = newest.iter().map(|m| m.id).collect();
+    assert_eq!(
+        ids,
+        [
+            starling_actors::conversation::store::commit_id(earlier),
+            first
+        ]
+    );
+    assert_eq!(newest[0].key.time_secs, later, "clamped to its parent");
+    assert_eq!(newest[1].key.time_secs, later);
 }
 
 #[test]
@@ -621,7 +765,7 @@ fn a_bad_commit_rejects_its_descendants_but_not_the_branch_beside_it() {
     extra.insert("junk".into(), Some(b"j".to_vec()));
     let bad = craft(&p.b, &p.b1, base, &text(g, "bad"), &extra);
     let child = craft(&p.b, &p.b1, bad, &text(g + 1, "child"), &Changes::new());
-    // Bob's head: a merge of both branches.
+    // Bob's tip: a merge of both branches.
     let repo = p.b.repository();
     let tree = repo.find_commit(bad).unwrap().tree_id();
     let merge = starling_actors::conversation::store::write_commit(
@@ -633,15 +777,9 @@ fn a_bad_commit_rejects_its_descendants_but_not_the_branch_beside_it() {
         NOW,
     )
     .unwrap();
-    repo.reference(
-        starling_actors::conversation::store::HEAD_REF,
-        merge,
-        true,
-        "t",
-    )
-    .unwrap();
     p.b.persist_objects().unwrap();
-    let report = p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
+    make_tip(&p.b, merge, &[good, child]);
+    let report = p.a.fetch_from(&p.b_path, "bob").unwrap();
     assert_eq!(report.accepted, 1, "{:?}", report.rejected);
     assert_eq!(report.rejected.len(), 3);
     assert_eq!(head_oid(&p.a), good, "the valid branch fast-forwards");
@@ -680,6 +818,7 @@ fn one_forged_signature_in_a_large_fetch_is_named() {
         .unwrap();
     // On disk, where `craft`'s own handle finds the parent.
     p.b.persist_objects().unwrap();
+    make_tip(&p.b, forged, &[genuine]);
     head = forged;
     g += 1;
     for i in 0..AFTER {
@@ -734,7 +873,7 @@ fn ban_beats_a_concurrent_join() {
         NOW,
     )
     .unwrap();
-    let mut c = Store::clone_from(&p.a_path, &c_path, p.a.conversation(), "alice", NOW).unwrap();
+    let mut c = Store::clone_from(&p.a_path, &c_path, p.a.conversation(), "alice").unwrap();
     // Concurrently: Alice bans the invitation; Carol joins.
     p.a.author(
         &p.a1,
@@ -766,9 +905,9 @@ fn ban_beats_a_concurrent_join() {
         NOW,
     )
     .unwrap();
-    let report = p.a.fetch_from(&c_path, "carol", &p.a1, NOW).unwrap();
+    let report = p.a.fetch_from(&c_path, "carol").unwrap();
     assert!(
-        report.merged && report.rejected.is_empty(),
+        report.tips.len() == 2 && report.rejected.is_empty(),
         "{:?}",
         report.rejected
     );
@@ -780,13 +919,13 @@ fn ban_beats_a_concurrent_join() {
         "her device moved to banned/devices"
     );
     // Bob merges the same pair independently and reaches the same membership.
-    p.b.fetch_from(&c_path, "carol", &p.b1, NOW).unwrap();
-    p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+    p.b.fetch_from(&c_path, "carol").unwrap();
+    p.b.fetch_from(&p.a_path, "alice").unwrap();
     assert_eq!(p.b.state().unwrap().files(), state.files());
-    p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
-    assert_eq!(p.a.head().unwrap(), p.b.head().unwrap());
+    p.a.fetch_from(&p.b_path, "bob").unwrap();
+    assert_eq!(p.a.tips(), p.b.tips());
     // Carol's writes on top of the merged state are refused.
-    c.fetch_from(&p.a_path, "alice", &c1, NOW).unwrap();
+    c.fetch_from(&p.a_path, "alice").unwrap();
     assert!(matches!(
         c.send_text(&c1, "let me in", NOW),
         Err(StoreError::Own(r)) if matches!(*r, Rejection::BannedDevice { .. })
@@ -799,7 +938,7 @@ fn cloning_the_wrong_conversation_fails_and_leaves_nothing_openable() {
     let p = pair(Mode::InvitesOnly);
     let path = p._dir.path().join("wrong.git");
     let other: CommitId = "ab".repeat(20).parse().unwrap();
-    match Store::clone_from(&p.a_path, &path, other, "alice", NOW) {
+    match Store::clone_from(&p.a_path, &path, other, "alice") {
         Err(StoreError::Rejected(reasons)) => {
             assert!(
                 matches!(reasons.first(), Some(Rejection::ForeignRoot(_))),
@@ -814,22 +953,22 @@ fn cloning_the_wrong_conversation_fails_and_leaves_nothing_openable() {
     ));
 }
 
-/// A stale announcement (an older head of the same peer, arriving after a
-/// newer one, as when a fetch races an inline pack) is a no-op, not a
-/// history rewrite.
+/// Receiving a commit we already hold (an older tip of the same peer,
+/// arriving after a newer one, as when a fetch races an inline pack)
+/// changes nothing and counts nothing.
 #[test]
-fn an_older_head_of_the_same_peer_is_stale_not_a_rewrite() {
+fn an_older_tip_of_the_same_peer_changes_nothing() {
     let mut p = pair(Mode::InvitesOnly);
     p.a.send_text(&p.a1, "one", NOW).unwrap();
-    p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
-    let older = head_oid(&p.a);
+    p.b.fetch_from(&p.a_path, "alice").unwrap();
+    let older = p.a.head().unwrap();
     p.a.send_text(&p.a1, "two", NOW).unwrap();
-    p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
-    let head = head_oid(&p.b);
-    let report = p.b.receive("alice", older, &p.b1, NOW).unwrap();
+    p.b.fetch_from(&p.a_path, "alice").unwrap();
+    let tips = p.b.tips().to_vec();
+    let report = p.b.receive(&[older]).unwrap();
     assert_eq!(report.accepted, 0);
     assert!(report.rejected.is_empty());
-    assert_eq!(head_oid(&p.b), head);
+    assert_eq!(p.b.tips(), tips);
     assert!(
         p.b.rejection_counts().is_empty(),
         "nothing counted as a rejection"
@@ -854,7 +993,10 @@ fn an_inline_batch_pack_is_received_only_on_top_of_its_base() {
         p.a.take_batch_pack()
             .expect("a small batch has an inline pack");
     let first_head = p.a.head().unwrap();
-    assert_eq!((first.base, first.tip), (b_start, first_head));
+    assert_eq!(
+        (first.bases.clone(), first.tip),
+        (vec![b_start], first_head)
+    );
     for i in 0..3 {
         p.a.author_staged(&p.a1, text_kind(&format!("m{i}")), None, NOW)
             .unwrap();
@@ -862,11 +1004,14 @@ fn an_inline_batch_pack_is_received_only_on_top_of_its_base() {
     p.a.commit_staged().unwrap();
     let second = p.a.take_batch_pack().expect("pack");
     let second_head = p.a.head().unwrap();
-    assert_eq!((second.base, second.tip), (first_head, second_head));
+    assert_eq!(
+        (second.bases.clone(), second.tip),
+        (vec![first_head], second_head)
+    );
 
     let packs_before = pack_count(&p.b_path);
     let refused =
-        p.b.receive_pack("alice", second_head, second.base, &second.bytes, &p.b1, NOW);
+        p.b.receive_pack(&[second_head], &second.bases, &second.bytes);
     assert!(
         matches!(refused, Err(StoreError::PackBaseMissing(base)) if base == first_head),
         "the second batch alone lacks its base: {refused:?}"
@@ -880,8 +1025,7 @@ fn an_inline_batch_pack_is_received_only_on_top_of_its_base() {
 
     // A peer that lies about the base: the pack is indexed, validation
     // misses the parent, and the pack goes again.
-    let lied =
-        p.b.receive_pack("alice", second_head, b_start, &second.bytes, &p.b1, NOW);
+    let lied = p.b.receive_pack(&[second_head], &[b_start], &second.bytes);
     assert!(lied.is_err(), "the parent is missing: {lied:?}");
     assert_eq!(head_oid(&p.b), oid(&b_start));
     assert_eq!(
@@ -894,11 +1038,10 @@ fn an_inline_batch_pack_is_received_only_on_top_of_its_base() {
         "no commit is left without its history"
     );
 
-    let report =
-        p.b.receive_pack("alice", first_head, first.base, &first.bytes, &p.b1, NOW);
+    let report = p.b.receive_pack(&[first_head], &first.bases, &first.bytes);
     assert_eq!(report.unwrap().accepted, 1);
     let report =
-        p.b.receive_pack("alice", second_head, second.base, &second.bytes, &p.b1, NOW);
+        p.b.receive_pack(&[second_head], &second.bases, &second.bytes);
     assert_eq!(report.unwrap().accepted, 3);
     assert_eq!(p.b.head().unwrap(), second_head);
     assert_stock_git_accepts(&p.b, &p.b_path);
@@ -920,9 +1063,9 @@ fn a_fetch_after_a_refused_inline_pack_brings_the_head_whole() {
     let head = p.a.head().unwrap();
     assert!(p
         .b
-        .receive_pack("alice", head, b_start, &second.bytes, &p.b1, NOW)
+        .receive_pack(&[head], &[b_start], &second.bytes)
         .is_err());
-    let report = p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+    let report = p.b.fetch_from(&p.a_path, "alice").unwrap();
     assert_eq!(report.accepted, 2);
     assert_eq!(p.b.head().unwrap(), head);
     assert_stock_git_accepts(&p.b, &p.b_path);
@@ -947,43 +1090,49 @@ fn text_kind(text: &str) -> BodyKind {
 }
 
 /// The generation-pruned ancestry walk answers as libgit2's merge-base
-/// search does, on a history with concurrent branches and merges.
+/// search does, on a history with concurrent branches joined by
+/// multi-parent commits.
 #[test]
 fn descends_agrees_with_libgit2_on_a_criss_cross_history() {
+    use starling_actors::conversation::store::commit_id;
+    use starling_protocol::swarm::dag::descends;
     let mut p = pair(Mode::InvitesOnly);
     for round in 0..4 {
         p.a.send_text(&p.a1, &format!("a{round}"), NOW).unwrap();
         p.b.send_text(&p.b1, &format!("b{round}"), NOW).unwrap();
         p.b.send_text(&p.b1, &format!("b{round}'"), NOW).unwrap();
-        p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
+        p.a.fetch_from(&p.b_path, "bob").unwrap();
         p.b.send_text(&p.b1, &format!("b{round}''"), NOW).unwrap();
-        p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+        p.b.fetch_from(&p.a_path, "alice").unwrap();
     }
-    p.a.fetch_from(&p.b_path, "bob", &p.a1, NOW).unwrap();
+    p.a.fetch_from(&p.b_path, "bob").unwrap();
     let commits: Vec<_> = {
         let repo = p.a.repository();
         let mut walk = repo.revwalk().unwrap();
-        walk.push(head_oid(&p.a)).unwrap();
+        for tip in p.a.tips() {
+            walk.push(oid(tip)).unwrap();
+        }
         walk.map(Result::unwrap).collect()
     };
-    assert!(commits.len() > 20, "{} commits", commits.len());
-    let merges = commits
+    assert!(commits.len() > 15, "{} commits", commits.len());
+    let joins = commits
         .iter()
         .filter(|id| p.a.repository().find_commit(**id).unwrap().parent_count() > 1)
         .count();
-    assert!(merges >= 4, "{merges} merges");
+    assert!(joins >= 4, "{joins} multi-parent commits");
     for x in &commits {
         for y in &commits {
             let expected = x == y || p.a.repository().graph_descendant_of(*x, *y).unwrap();
             assert_eq!(
-                p.a.descends(*x, *y).unwrap(),
+                descends(&mut p.a, &[commit_id(*x)], &commit_id(*y)).unwrap(),
                 expected,
                 "{x} descends from {y}"
             );
         }
     }
-    let stranger = git2::Oid::from_bytes(&[7; 20]).unwrap();
-    assert!(!p.a.descends(head_oid(&p.a), stranger).unwrap());
+    let stranger = CommitId::from_bytes([7; 20]);
+    let tips = p.a.tips().to_vec();
+    assert!(!descends(&mut p.a, &tips, &stranger).unwrap());
 }
 
 /// Setting the profile to what it already is changes no file, which every
@@ -1001,7 +1150,30 @@ fn a_profile_change_that_changes_nothing_is_refused_by_its_author() {
         matches!(&again, Err(StoreError::Own(r)) if matches!(**r, Rejection::UnexpectedChanges { .. })),
         "{again:?}"
     );
-    let report = p.b.fetch_from(&p.a_path, "alice", &p.b1, NOW).unwrap();
+    let report = p.b.fetch_from(&p.a_path, "alice").unwrap();
     assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     assert_eq!(p.b.head().unwrap(), p.a.head().unwrap());
+}
+
+/// A peer whose tips move to a fork beside what we took from it rewrites
+/// nothing here: what we accepted stays, and the fork is one more tip.
+#[test]
+fn a_fork_beside_accepted_history_is_one_more_tip() {
+    let mut p = pair(Mode::InvitesOnly);
+    let join = head_oid(&p.b);
+    let g = p.b.last_messages(1).unwrap()[0].key.generation + 1;
+    let one = craft(&p.b, &p.b1, join, &text(g, "one"), &Changes::new());
+    p.b.persist_objects().unwrap();
+    assert!(alice_fetches(&mut p).unwrap().is_empty());
+    // Bob's replica forgets `one` and forks at its parent.
+    let two = craft(&p.b, &p.b1, join, &text(g, "two"), &Changes::new());
+    make_tip(&p.b, two, &[one]);
+    assert!(alice_fetches(&mut p).unwrap().is_empty());
+    let mut tips = vec![
+        starling_actors::conversation::store::commit_id(one),
+        starling_actors::conversation::store::commit_id(two),
+    ];
+    tips.sort();
+    assert_eq!(p.a.tips(), tips);
+    assert!(p.a.rejection_counts().is_empty());
 }

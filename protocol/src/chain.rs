@@ -14,7 +14,7 @@
 //! apart from time (swarm validation checks time per commit) call
 //! [`verify_device_signature`].
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cert::{AccountCert, DeviceCert};
 use crate::crl::{CrlError, RevocationList};
@@ -130,21 +130,32 @@ pub fn verify_device_signature(
 
 /// [`verify_device_chain`] for an account and CRL verified earlier: one
 /// signature verification instead of three.
+///
+/// The validity windows are checked against `now` give or take `skew`: the
+/// chain passes when both certificates are valid at some instant within
+/// `skew` of `now`, for a verifier whose clock may be off by that much (the
+/// TLS verifiers use [`CERT_CLOCK_SKEW_SECS_MAX`](crate::limits::CERT_CLOCK_SKEW_SECS_MAX)).
+/// Signatures, issuer and revocation do not depend on time, so no skew
+/// weakens them.
 pub fn verify_device_of(
     device: &DeviceCert,
     account: &VerifiedAccount,
     crl: Option<&VerifiedCrl>,
     now: SystemTime,
+    skew: Duration,
 ) -> Result<VerifiedDevice, ChainError> {
+    // Saturating: a clock near the epoch, or a huge skew, never panics.
+    let earliest = now.checked_sub(skew).unwrap_or(UNIX_EPOCH);
+    let latest = now.checked_add(skew).unwrap_or(now);
     let cert = account.cert();
-    if now < cert.not_before() || now > cert.not_after() {
+    if latest < cert.not_before() || earliest > cert.not_after() {
         return Err(ChainError::AccountNotCurrent(cert.id()));
     }
     let verified = verify_device_signature(device, account, crl)?;
-    if now > device.not_after() {
+    if earliest > device.not_after() {
         return Err(ChainError::DeviceExpired(verified.device_id));
     }
-    if now < device.not_before() {
+    if latest < device.not_before() {
         return Err(ChainError::DeviceNotYetValid(verified.device_id));
     }
     Ok(verified)
@@ -162,7 +173,7 @@ pub fn verify_device_chain(
         .map(|crl| VerifiedCrl::verify(crl.clone(), account.cert()))
         .transpose()
         .map_err(ChainError::Crl)?;
-    verify_device_of(device, &account, crl.as_ref(), now)
+    verify_device_of(device, &account, crl.as_ref(), now, Duration::ZERO)
 }
 
 #[cfg(test)]
@@ -170,8 +181,8 @@ mod tests {
     use super::*;
     use crate::cert::tests::{account, device, now, rng};
     use crate::cert::{AccountCert, DeviceCert, DEVICE_CERT_VALIDITY, NOT_BEFORE_BACKDATE};
+    use crate::limits::CERT_CLOCK_SKEW_SECS_MAX;
     use ed25519_dalek::SigningKey;
-    use std::time::Duration;
 
     #[test]
     fn a_fresh_device_verifies() {
@@ -319,5 +330,52 @@ mod tests {
                 "case {name}"
             );
         }
+    }
+
+    #[test]
+    fn a_clock_off_by_less_than_the_skew_accepts_windows_but_never_revocation() {
+        let (key, cert) = account(1);
+        let (_, dcert) = device(&key, &cert, 2);
+        let skew = Duration::from_secs(CERT_CLOCK_SKEW_SECS_MAX);
+        let day = Duration::from_secs(86_400);
+        let account = VerifiedAccount::verify(cert.clone()).unwrap();
+        let check = |at, skew, crl: Option<&VerifiedCrl>| {
+            verify_device_of(&dcert, &account, crl, at, skew).map(|v| v.device_id)
+        };
+        // Issued with a correct clock, checked by a clock a day slow.
+        let slow = now() - day;
+        assert_eq!(
+            check(slow, Duration::ZERO, None),
+            Err(ChainError::AccountNotCurrent(cert.id()))
+        );
+        assert_eq!(check(slow, skew, None), Ok(dcert.id()));
+        // A day past the device's end, by a clock a day fast.
+        let fast = dcert.not_after() + day;
+        assert_eq!(
+            check(fast, Duration::ZERO, None),
+            Err(ChainError::DeviceExpired(dcert.id()))
+        );
+        assert_eq!(check(fast, skew, None), Ok(dcert.id()));
+        // Beyond the skew, windows hold; revocation holds whatever the skew.
+        assert_eq!(
+            check(now() - skew - NOT_BEFORE_BACKDATE - day, skew, None),
+            Err(ChainError::AccountNotCurrent(cert.id()))
+        );
+        assert_eq!(
+            check(dcert.not_after() + skew + day, skew, None),
+            Err(ChainError::DeviceExpired(dcert.id()))
+        );
+        let revoked = RevocationList::first(&key, &cert, now())
+            .unwrap()
+            .with_revoked(&key, &cert, dcert.serial(), now())
+            .unwrap();
+        let revoked = VerifiedCrl::verify(revoked, &cert).unwrap();
+        assert_eq!(
+            check(now(), skew, Some(&revoked)),
+            Err(ChainError::Revoked(dcert.id()))
+        );
+        // No clock reading or skew panics.
+        let _ = check(UNIX_EPOCH, Duration::MAX, None);
+        let _ = check(now(), Duration::MAX, None);
     }
 }

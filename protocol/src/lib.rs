@@ -14,6 +14,7 @@ pub mod archive;
 pub mod cert;
 pub mod chain;
 pub mod channel;
+pub mod clock_offset;
 pub mod contact;
 pub mod crl;
 pub mod discovery;

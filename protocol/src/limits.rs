@@ -33,6 +33,15 @@ pub const ARGON2_ITERATIONS_MAX: u32 = 64;
 /// See [`ARGON2_MEMORY_KIB_MAX`].
 pub const ARGON2_LANES_MAX: u32 = 16;
 
+/// How far off the local clock may be when checking a peer's certificate
+/// validity windows, in seconds (two days). A node whose clock is wrong by
+/// up to this still accepts a freshly issued certificate (a day slow, it
+/// would see it as not yet valid) and one near its end. Certificates last
+/// 10 and 20 years and revocation is by CRL, not by time, so two days more
+/// or less of a window is no security boundary. Commit times absorb the
+/// same error (`swarm::limits::COMMIT_TIME_LEAD_SECS_MAX`).
+pub const CERT_CLOCK_SKEW_SECS_MAX: u64 = 2 * 24 * 3600;
+
 // ---- Transport (issue 4): QUIC connections and channels. -----------------
 // The channel-header limits are wire facts (a second implementation must
 // honour them); the rest bound what one peer may cost a node. The transport

@@ -14,7 +14,6 @@
 //!   joining device takes; every commit must pass.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use git2::Oid;
 use serde::Serialize;
@@ -101,23 +100,29 @@ pub fn no_loss(outcome: &Outcome) -> Verdict {
     }
 }
 
-/// Convergence.
+/// Convergence: every online replica holds the same commits. Accepted
+/// history is closed under ancestry, so that is the same tip set.
 pub fn convergence(outcome: &Outcome) -> Verdict {
-    let mut by_head: BTreeMap<Option<Oid>, Vec<&str>> = BTreeMap::new();
+    let mut by_tips: BTreeMap<&Vec<Oid>, Vec<&str>> = BTreeMap::new();
     for r in outcome.replicas.iter().filter(|r| r.online) {
-        by_head
-            .entry(r.head)
+        by_tips
+            .entry(&r.tips)
             .or_default()
             .push(name(outcome, r.node));
     }
     let mut diff = Vec::new();
-    if by_head.len() > 1 {
-        for (head, nodes) in &by_head {
-            let head = head
-                .map(|h| commit_id(h).to_hex())
-                .unwrap_or_else(|| "none".into());
+    if by_tips.len() > 1 {
+        for (tips, nodes) in &by_tips {
+            let tips = if tips.is_empty() {
+                "none".to_owned()
+            } else {
+                tips.iter()
+                    .map(|t| commit_id(*t).to_hex()[..12].to_owned())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            };
             diff.push(format!(
-                "head {head}: {} nodes ({})",
+                "tips {tips}: {} nodes ({})",
                 nodes.len(),
                 nodes.iter().take(6).copied().collect::<Vec<_>>().join(", ")
             ));
@@ -130,8 +135,8 @@ pub fn convergence(outcome: &Outcome) -> Verdict {
         check: "convergence",
         passed: diff.is_empty(),
         summary: match outcome.quiescent_s {
-            Some(t) => format!("one head on every online node at t={t:.1}s"),
-            None => format!("{} distinct heads at the deadline", by_head.len()),
+            Some(t) => format!("the same commits on every online node at t={t:.1}s"),
+            None => format!("{} distinct commit sets at the deadline", by_tips.len()),
         },
         diff,
     }
@@ -142,7 +147,7 @@ pub fn order(outcome: &Outcome) -> Verdict {
     let online: Vec<_> = outcome
         .replicas
         .iter()
-        .filter(|r| r.online && r.head.is_some())
+        .filter(|r| r.online && !r.tips.is_empty())
         .collect();
     let mut diff = Vec::new();
     if let Some(reference) = online.iter().max_by_key(|r| r.order.len()) {
@@ -185,26 +190,17 @@ pub fn order(outcome: &Outcome) -> Verdict {
 
 /// Validity.
 pub fn validity(outcome: &Outcome) -> Verdict {
-    let now_secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let mut heads: BTreeMap<Oid, usize> = BTreeMap::new();
+    let mut heads: BTreeMap<&Vec<Oid>, usize> = BTreeMap::new();
     for r in &outcome.replicas {
-        if let Some(h) = r.head {
-            heads.entry(h).or_insert(r.node);
+        if !r.tips.is_empty() {
+            heads.entry(&r.tips).or_insert(r.node);
         }
     }
     let mut diff = Vec::new();
     let scratch = outcome.data.path().join("validity");
     for (k, node) in heads.values().enumerate() {
         let replica = &outcome.replicas[*node];
-        if let Err(e) = revalidate(
-            replica,
-            &scratch.join(format!("{k}.git")),
-            outcome,
-            now_secs,
-        ) {
+        if let Err(e) = revalidate(replica, &scratch.join(format!("{k}.git")), outcome) {
             diff.push(format!("{}: {e}", name(outcome, *node)));
         }
     }
@@ -221,49 +217,46 @@ pub fn validity(outcome: &Outcome) -> Verdict {
 }
 
 /// Clones `replica` afresh, validating every commit from the root, and
-/// checks the clone ends at the replica's head. A conversation thread may
-/// still finish a merge after its node stopped; if the head moved during the
-/// clone, the (newer, larger) history is validated again, a bounded number
-/// of times.
+/// checks the clone ends at the replica's tips. A conversation thread may
+/// still finish a receive after its node stopped; if the tips moved during
+/// the clone, the (newer, larger) history is validated again, a bounded
+/// number of times.
 fn revalidate(
     replica: &crate::runner::Replica,
     to: &std::path::Path,
     outcome: &Outcome,
-    now_secs: i64,
 ) -> Result<(), String> {
     const ATTEMPTS_MAX: usize = 3;
-    let head_now = || {
-        git2::Repository::open_bare(&replica.path)
-            .and_then(|r| r.refname_to_id(starling_actors::conversation::store::HEAD_REF))
-            .map_err(|e| e.to_string())
+    let head_now = || -> Result<Vec<Oid>, String> {
+        let repo = git2::Repository::open_bare(&replica.path).map_err(|e| e.to_string())?;
+        Ok(starling_actors::conversation::store::tip_refs(&repo))
+    };
+    let show = |tips: &[Oid]| {
+        tips.iter()
+            .map(|t| commit_id(*t).to_hex())
+            .collect::<Vec<_>>()
+            .join("+")
     };
     let mut last = String::new();
     for _ in 0..ATTEMPTS_MAX {
         let before = head_now()?;
         let _ = std::fs::remove_dir_all(to);
-        let cloned = Store::clone_from(
-            &replica.path,
-            to,
-            outcome.conversation,
-            "validity",
-            now_secs,
-        )
-        .map_err(|e| {
-            format!(
-                "history at {} fails validation: {e}",
-                commit_id(before).to_hex()
-            )
-        })?;
-        let validated = cloned.head().map_err(|e| e.to_string())?;
+        let cloned = Store::clone_from(&replica.path, to, outcome.conversation, "validity")
+            .map_err(|e| format!("history at {} fails validation: {e}", show(&before)))?;
+        let validated: Vec<Oid> = cloned
+            .tips()
+            .iter()
+            .map(starling_actors::conversation::store::oid)
+            .collect();
         drop(cloned);
         let _ = std::fs::remove_dir_all(to);
-        if validated == commit_id(head_now()?) {
+        if validated == head_now()? {
             return Ok(());
         }
         last = format!(
-            "re-validation ended at {} but the replica's head is now {}",
-            validated.to_hex(),
-            commit_id(head_now()?).to_hex()
+            "re-validation ended at {} but the replica's tips are now {}",
+            show(&validated),
+            show(&head_now()?)
         );
     }
     Err(last)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use git2::{Oid, Repository};
 use serde::Serialize;
-use starling_actors::conversation::store::HEAD_REF;
+use starling_actors::conversation::store::tip_refs;
 use starling_protocol::swarm::body::{parse_body, Body, BodyKind};
 
 /// How often heads are read.
@@ -36,7 +36,7 @@ pub struct Sample {
 #[derive(Default)]
 pub struct Live {
     /// Each node's head at the last look.
-    pub heads: Vec<Option<Oid>>,
+    pub heads: Vec<Option<Vec<Oid>>>,
     /// Each node's commits, with the time (s) each was first seen there.
     pub seen: Vec<HashMap<Oid, f64>>,
     /// Text message commits seen anywhere.
@@ -122,25 +122,28 @@ fn watch(repos: Vec<PathBuf>, t0: Instant, live: Arc<Mutex<Live>>, stop: Arc<Ato
                 open[i] = Repository::open_bare(path).ok();
             }
             let Some(repo) = &open[i] else { continue };
-            let Ok(head) = repo.refname_to_id(HEAD_REF) else {
+            let tips = tip_refs(repo);
+            if tips.is_empty() {
                 continue;
-            };
-            let old = live.lock().unwrap_or_else(|p| p.into_inner()).heads[i];
-            if old == Some(head) {
+            }
+            let old = live.lock().unwrap_or_else(|p| p.into_inner()).heads[i].clone();
+            if old.as_ref() == Some(&tips) {
                 continue;
             }
             let mut fresh = Vec::new();
             if let Ok(mut walk) = repo.revwalk() {
-                let _ = walk.push(head);
-                if let Some(old) = old {
-                    let _ = walk.hide(old);
+                for tip in &tips {
+                    let _ = walk.push(*tip);
+                }
+                for old in old.iter().flatten() {
+                    let _ = walk.hide(*old);
                 }
                 for id in walk.flatten() {
                     fresh.push((id, is_text(repo, id)));
                 }
             }
             let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
-            l.heads[i] = Some(head);
+            l.heads[i] = Some(tips);
             for (id, text) in fresh {
                 let new = !l.seen[i].contains_key(&id);
                 l.seen[i].entry(id).or_insert(t_s);
@@ -154,12 +157,13 @@ fn watch(repos: Vec<PathBuf>, t0: Instant, live: Arc<Mutex<Live>>, stop: Arc<Ato
         }
         {
             let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
-            let distinct: HashSet<Oid> = l
+            let distinct: HashSet<&Vec<Oid>> = l
                 .heads
                 .iter()
                 .zip(&l.online)
-                .filter_map(|(h, on)| if *on { *h } else { None })
+                .filter_map(|(h, on)| if *on { h.as_ref() } else { None })
                 .collect();
+            let distinct = distinct.len();
             let held = l.held.clone();
             if l.samples.len() >= SAMPLES_MAX {
                 // Keep every other sample: the timeline stays whole, coarser.
@@ -168,7 +172,7 @@ fn watch(repos: Vec<PathBuf>, t0: Instant, live: Arc<Mutex<Live>>, stop: Arc<Ato
             }
             l.samples.push(Sample {
                 t_s,
-                distinct_heads: distinct.len(),
+                distinct_heads: distinct,
                 held,
             });
         }

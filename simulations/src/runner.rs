@@ -95,8 +95,8 @@ pub struct Replica {
     pub online: bool,
     /// Repository path.
     pub path: PathBuf,
-    /// Head.
-    pub head: Option<Oid>,
+    /// Tips (empty when the repository cannot be opened).
+    pub tips: Vec<Oid>,
     /// Display order of every commit (oldest first).
     pub order: Vec<Oid>,
     /// Its text messages.
@@ -236,7 +236,7 @@ impl Sim {
         Ok(())
     }
 
-    async fn heads(&self) -> Vec<Option<(CommitId, usize)>> {
+    async fn heads(&self) -> Vec<Option<(Vec<CommitId>, usize)>> {
         let mut out = Vec::new();
         for node in &self.nodes {
             let head = match node {
@@ -244,7 +244,7 @@ impl Sim {
                     .await
                     .ok()
                     .and_then(|r| r.ok())
-                    .and_then(|l| l.first().map(|s| (s.head, s.members))),
+                    .and_then(|l| l.first().map(|s| (s.tips.clone(), s.members))),
                 None => None,
             };
             out.push(head);
@@ -329,7 +329,7 @@ impl Sim {
         }
         loop {
             let heads = self.heads().await;
-            let first = heads[0];
+            let first = heads[0].clone();
             if heads.iter().all(|h| *h == first) && first.is_some_and(|(_, m)| m == n) {
                 break;
             }
@@ -356,7 +356,7 @@ fn snapshot(from: &Path, to: &Path) -> anyhow::Result<()> {
     let repo = git2::Repository::init_bare(to)?;
     let url = from.to_str().context("path is not UTF-8")?;
     repo.remote_anonymous(url)?
-        .fetch(&["+refs/heads/main:refs/heads/main"], None, None)?;
+        .fetch(&["+refs/heads/*:refs/heads/*"], None, None)?;
     Ok(())
 }
 
@@ -704,7 +704,8 @@ async fn run(scenario: Scenario, variant: Variant, progress: Progress) -> anyhow
                 .iter()
                 .filter(|&&i| accepted.iter().all(|c| l.seen[i].contains_key(c)))
                 .count();
-            let heads: BTreeSet<Option<Oid>> = online.iter().map(|&i| l.heads[i]).collect();
+            let heads: BTreeSet<Option<&Vec<Oid>>> =
+                online.iter().map(|&i| l.heads[i].as_ref()).collect();
             (holding, holding == online.len() && heads.len() == 1)
         };
         wait_bar.set_position(done as u64);
@@ -763,14 +764,13 @@ const STILL_FOR: Duration = Duration::from_secs(3);
 const STILL_WAIT_MAX: Duration = Duration::from_secs(60);
 
 async fn wait_for_still_heads(repos: &[PathBuf]) {
-    let read = || -> Vec<Option<Oid>> {
+    let read = || -> Vec<Vec<Oid>> {
         repos
             .iter()
             .map(|p| {
-                git2::Repository::open_bare(p).ok().and_then(|r| {
-                    r.refname_to_id(starling_actors::conversation::store::HEAD_REF)
-                        .ok()
-                })
+                git2::Repository::open_bare(p)
+                    .map(|r| starling_actors::conversation::store::tip_refs(&r))
+                    .unwrap_or_default()
             })
             .collect()
     };
@@ -799,14 +799,14 @@ pub fn read_replica(node: usize, online: bool, path: &Path) -> anyhow::Result<Re
                 node,
                 online,
                 path: path.to_owned(),
-                head: None,
+                tips: Vec::new(),
                 order: Vec::new(),
                 texts: BTreeSet::new(),
                 merges: 0,
             })
         }
     };
-    let head = store.head().ok().map(|h| oid(&h));
+    let tips: Vec<Oid> = store.tips().iter().map(oid).collect();
     let order: Vec<Oid> = store
         .full_order()
         .with_context(|| format!("reading the history of {}", path.display()))?
@@ -827,7 +827,7 @@ pub fn read_replica(node: usize, online: bool, path: &Path) -> anyhow::Result<Re
         node,
         online,
         path: path.to_owned(),
-        head,
+        tips,
         order,
         texts,
         merges,

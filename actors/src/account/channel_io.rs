@@ -6,7 +6,7 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use starling_protocol::swarm::gossip::{FrameError, SwarmFrame, FRAME_LENGTH_BYTES};
 use starling_protocol::DeviceId;
@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::io::SyncIoBridge;
 
 use crate::conversation::durable;
-use crate::conversation::store::{quarantine_ref, HEAD_REF};
+use crate::conversation::store::receive::quarantine_refspec;
 use crate::git_wire::client::FetchWatch;
 use crate::git_wire::{self, GitWireError};
 use crate::transport::{Channel, ChannelRecv, ChannelSend};
@@ -84,14 +84,23 @@ pub async fn send_frame(channel: Channel, frame: &SwarmFrame) -> Result<(), Chan
     send_frame_with(channel, frame, &[]).await
 }
 
-/// Writes one frame, then `trailer` (the pack of a `heads_pack` frame,
-/// whose `pack_bytes` says its length), and finishes the stream.
+/// Milliseconds since the Unix epoch by this device's clock (0 before it).
+pub fn clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Writes one frame stamped with our clock (peers estimate their clock's
+/// offset from it), then `trailer` (the pack of a `heads_pack` frame, whose
+/// `pack_bytes` says its length), and finishes the stream.
 pub async fn send_frame_with(
     channel: Channel,
     frame: &SwarmFrame,
     trailer: &[u8],
 ) -> Result<(), ChannelIoError> {
-    let mut bytes = frame.encode()?;
+    // Stamped once the channel is open, as close to the write as can be.
+    let mut bytes = frame.encode_sent_at(clock_ms())?;
     bytes.extend_from_slice(trailer);
     let mut stream = ChannelStream::new(channel);
     stream.write_all(&bytes).await?;
@@ -99,11 +108,21 @@ pub async fn send_frame_with(
     Ok(())
 }
 
+/// One frame read from a `swarm/<id>` channel.
+#[derive(Debug)]
+pub struct ReceivedFrame {
+    /// The frame.
+    pub frame: SwarmFrame,
+    /// The pack that followed a `heads_pack` frame.
+    pub pack: Option<Vec<u8>>,
+    /// The sender's clock when it wrote the frame and ours when it arrived
+    /// (milliseconds since the Unix epoch), when the sender stamped it.
+    pub clock_ms: Option<(i64, i64)>,
+}
+
 /// Reads the one frame a `swarm/<id>` channel carries, and the pack that
 /// follows a `heads_pack` frame (its length is bounded by the frame check).
-pub async fn receive_frame(
-    channel: Channel,
-) -> Result<(SwarmFrame, Option<Vec<u8>>), ChannelIoError> {
+pub async fn receive_frame(channel: Channel) -> Result<ReceivedFrame, ChannelIoError> {
     let mut stream = ChannelStream::new(channel);
     let read = async {
         let mut prefix = [0u8; FRAME_LENGTH_BYTES];
@@ -111,7 +130,8 @@ pub async fn receive_frame(
         let len = SwarmFrame::payload_len(prefix)?;
         let mut payload = vec![0u8; len];
         stream.read_exact(&mut payload).await?;
-        let frame = SwarmFrame::decode_payload(&payload)?;
+        let received_at_ms = clock_ms();
+        let (frame, sent_at_ms) = SwarmFrame::decode_payload_sent_at(&payload)?;
         let pack = match &frame {
             SwarmFrame::HeadsPack { pack_bytes, .. } => {
                 let mut pack = vec![0u8; *pack_bytes];
@@ -120,7 +140,11 @@ pub async fn receive_frame(
             }
             _ => None,
         };
-        Ok::<_, ChannelIoError>((frame, pack))
+        Ok::<_, ChannelIoError>(ReceivedFrame {
+            frame,
+            pack,
+            clock_ms: sent_at_ms.map(|sent| (sent, received_at_ms)),
+        })
     };
     tokio::time::timeout(FRAME_READ_TIMEOUT, read)
         .await
@@ -174,7 +198,7 @@ pub async fn fetch_git_watched(
         } else {
             durable::open_bare(&path)?
         };
-        let refspec = format!("+{HEAD_REF}:{}", quarantine_ref(&peer.to_hex()));
+        let refspec = quarantine_refspec(&peer.to_hex());
         Ok(git_wire::client::fetch_watched(
             &repo,
             bridge,

@@ -159,23 +159,25 @@ impl Staging {
 }
 
 impl Staging {
-    /// Writes every object reachable from `tip` and not from `base` into one
-    /// pack in `repo`, fsync'd, then empties the staging area. Returns that
-    /// pack: unlike a dump of the staging area, it also carries objects the
-    /// object database held already (libgit2 writes an existing object only
-    /// once, so a batch's tree may never have been staged), which makes it
-    /// complete for any peer that holds `base`. `base` must be an ancestor
-    /// of `tip`; staged objects `tip` does not reach are dropped (nothing
-    /// refers to them).
+    /// Writes every object reachable from `tip` and from none of `bases`
+    /// into one pack in `repo`, fsync'd, then empties the staging area.
+    /// Returns that pack: unlike a dump of the staging area, it also carries
+    /// objects the object database held already (libgit2 writes an existing
+    /// object only once, so a batch's tree may never have been staged),
+    /// which makes it complete for any peer that holds every base. `bases`
+    /// must be ancestors of `tip`; staged objects `tip` does not reach are
+    /// dropped (nothing refers to them).
     pub fn persist_range(
         &mut self,
         repo: &Repository,
         tip: Oid,
-        base: Oid,
+        bases: &[Oid],
     ) -> Result<Vec<u8>, git2::Error> {
         let mut walk = repo.revwalk()?;
         walk.push(tip)?;
-        walk.hide(base)?;
+        for base in bases {
+            walk.hide(*base)?;
+        }
         let mut builder = repo.packbuilder()?;
         builder.insert_walk(&mut walk)?;
         let mut pack = git2::Buf::new();

@@ -1,25 +1,27 @@
 //! Reading a conversation's history for people: message pages with edits,
 //! deletions and reactions applied, the commits a head move brought (for
-//! the account's event stream), and the profile.
+//! the account's event stream), the profile, and who signed commits a peer
+//! refused (so the account can tell their authors, and learn of its own).
 //!
 //! These are handlers of the [`Conversation`] actor, kept apart from its
 //! write path. The display rules are pure ([`starling_protocol::swarm::timeline`]);
 //! this module only reads commits out of git and bounds the walks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use actix::prelude::*;
 use git2::{Oid, Repository};
 use starling_protocol::swarm::body::{parse_body, BodyKind};
+use starling_protocol::swarm::gossip::REJECTED_COMMITS_MAX;
 use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::swarm::limits::PAGE_WALK_COMMITS_MAX;
-use starling_protocol::swarm::order::{Dag, DagEntry, NewestFirstWalk, OrderKey};
+use starling_protocol::swarm::order::{Dag, DagEntry, NewestFirstWalk};
 use starling_protocol::swarm::state::{device_path, PROFILE_PATH};
 use starling_protocol::swarm::timeline::{PageBuilder, ShownMessage, TimelineCommit};
 use starling_protocol::{AccountId, DeviceCert, DeviceId};
 
 use super::actor::{Conversation, ConversationError};
-use super::store::{commit_id, oid, signer_device, StoreError};
+use super::store::{commit_id, display_key, oid, signer_device, StoreError};
 
 /// Commits one head move describes at most; the rest are only counted.
 pub const RANGE_COMMITS_MAX: usize = 1_000;
@@ -68,13 +70,8 @@ impl<'r> HistoryDag<'r> {
         let body = parse_body(commit.message_raw_bytes())
             .map_err(|e| StoreError::Body(commit_id(id), e.to_string()))?;
         let author = self.author(&commit);
-        let time_secs = commit.committer().when().seconds();
         Ok(TimelineCommit {
-            key: OrderKey {
-                generation: body.generation(),
-                time_secs,
-                id: commit_id(id),
-            },
+            key: display_key(self.repo, &commit, body.generation())?,
             author,
             body,
         })
@@ -87,13 +84,8 @@ impl Dag for HistoryDag<'_> {
         let commit = self.repo.find_commit(oid(id))?;
         let body = parse_body(commit.message_raw_bytes())
             .map_err(|e| StoreError::Body(*id, e.to_string()))?;
-        let time_secs = commit.committer().when().seconds();
         Ok(DagEntry {
-            key: OrderKey {
-                generation: body.generation(),
-                time_secs,
-                id: *id,
-            },
+            key: display_key(self.repo, &commit, body.generation())?,
             parents: commit.parent_ids().map(commit_id).collect(),
             shown: !matches!(body.kind(), Some(BodyKind::Merge)),
         })
@@ -132,25 +124,22 @@ impl Handler<MessagePage> for Conversation {
     type Result = Result<Vec<ShownMessage>, PageError>;
     fn handle(&mut self, msg: MessagePage, _: &mut Self::Context) -> Self::Result {
         let outcome = self.with_store(|store, _| {
-            let head = store.head()?;
+            let tips = store.tips().to_vec();
+            let reachable = match msg.before {
+                Some(before) => store.holds(&[before])?[0],
+                None => true,
+            };
+            if !reachable {
+                return Ok(PageOutcome::UnknownCursor);
+            }
             let repo = store.repository();
             let mut dag = HistoryDag::new(repo);
             let cursor = match msg.before {
-                Some(before) => {
-                    let reachable = oid(&before) == oid(&head)
-                        || (repo.find_commit(oid(&before)).is_ok()
-                            && repo
-                                .graph_descendant_of(oid(&head), oid(&before))
-                                .unwrap_or(false));
-                    if !reachable {
-                        return Ok(PageOutcome::UnknownCursor);
-                    }
-                    Some(dag.entry(&before)?.key)
-                }
+                Some(before) => Some(dag.entry(&before)?.key),
                 None => None,
             };
             let mut builder = PageBuilder::new(msg.limit, cursor);
-            let mut walk = NewestFirstWalk::new(head, &mut dag)?;
+            let mut walk = NewestFirstWalk::new(&tips, &mut dag)?;
             let mut walked = 0usize;
             while !builder.is_full() {
                 let Some(entry) = walk.next_entry(&mut dag)? else {
@@ -175,16 +164,16 @@ impl Handler<MessagePage> for Conversation {
     }
 }
 
-/// The commits reachable from `until` and not from `since`: what a head
-/// move brought. Oldest first, merges left out, at most
+/// The commits reachable from the tips `until` and from none of `since`:
+/// what a move of the tips brought. Oldest first, merges left out, at most
 /// [`RANGE_COMMITS_MAX`] (the newest ones).
 #[derive(Message)]
 #[rtype(result = "Result<HeadMove, ConversationError>")]
 pub struct DescribeHeadMove {
-    /// The head before.
-    pub since: CommitId,
-    /// The head after.
-    pub until: CommitId,
+    /// The tips before.
+    pub since: Vec<CommitId>,
+    /// The tips after.
+    pub until: Vec<CommitId>,
 }
 
 /// The answer to [`DescribeHeadMove`].
@@ -202,9 +191,13 @@ impl Handler<DescribeHeadMove> for Conversation {
         self.with_store(|store, _| {
             let repo = store.repository();
             let mut walk = repo.revwalk()?;
-            walk.push(oid(&msg.until))?;
-            if repo.find_commit(oid(&msg.since)).is_ok() {
-                walk.hide(oid(&msg.since))?;
+            for tip in &msg.until {
+                walk.push(oid(tip))?;
+            }
+            for tip in &msg.since {
+                if repo.find_commit(oid(tip)).is_ok() {
+                    walk.hide(oid(tip))?;
+                }
             }
             let mut dag = HistoryDag::new(repo);
             let mut out = HeadMove::default();
@@ -223,6 +216,64 @@ impl Handler<DescribeHeadMove> for Conversation {
             Ok(out)
         })
     }
+}
+
+/// The devices that signed `ids` (at most [`REJECTED_COMMITS_MAX`]), of
+/// those whose objects this replica has, accepted or refused: whom to tell
+/// that they were refused.
+#[derive(Message)]
+#[rtype(result = "Result<BTreeSet<DeviceId>, ConversationError>")]
+pub struct SignersOf(pub Vec<CommitId>);
+
+impl Handler<SignersOf> for Conversation {
+    type Result = Result<BTreeSet<DeviceId>, ConversationError>;
+    fn handle(&mut self, msg: SignersOf, _: &mut Self::Context) -> Self::Result {
+        self.with_store(|store, _| {
+            let repo = store.repository();
+            Ok(msg
+                .0
+                .iter()
+                .take(REJECTED_COMMITS_MAX)
+                .filter_map(|id| signer_of(repo, id))
+                .collect())
+        })
+    }
+}
+
+/// Which of `ids` (at most [`REJECTED_COMMITS_MAX`]) this device signed and
+/// holds in its accepted history: its own commits, among those a peer says
+/// it refused. Staged commits are never announced, so only the durable
+/// tips are read.
+#[derive(Message)]
+#[rtype(result = "Result<BTreeSet<CommitId>, ConversationError>")]
+pub struct OwnAccepted(pub Vec<CommitId>);
+
+impl Handler<OwnAccepted> for Conversation {
+    type Result = Result<BTreeSet<CommitId>, ConversationError>;
+    fn handle(&mut self, msg: OwnAccepted, _: &mut Self::Context) -> Self::Result {
+        self.with_store(|store, signer| {
+            let ours: Vec<CommitId> = msg
+                .0
+                .iter()
+                .take(REJECTED_COMMITS_MAX)
+                .filter(|id| signer_of(store.repository(), id) == Some(signer.device_id()))
+                .copied()
+                .collect();
+            // `holds` answers false for a commit we lack.
+            let held = store.holds(&ours)?;
+            Ok(ours
+                .into_iter()
+                .zip(held)
+                .filter_map(|(id, held)| held.then_some(id))
+                .collect())
+        })
+    }
+}
+
+/// The device whose key signed commit `id`, if this replica has it.
+fn signer_of(repo: &Repository, id: &CommitId) -> Option<DeviceId> {
+    let (armored, _) = repo.extract_signature(&oid(id), None).ok()?;
+    signer_device(&armored)
 }
 
 /// The conversation's profile (`profile.json`), `{}` when it has none.

@@ -7,6 +7,7 @@
 
 use ed25519_dalek::SigningKey;
 use starling_protocol::swarm::commit::openssh_public_key;
+use starling_protocol::swarm::validation::authored_time_secs;
 use starling_protocol::{AccountCert, AccountId, DeviceCert, DeviceId};
 
 /// Why a key and certificates do not make a signer.
@@ -82,6 +83,18 @@ impl DeviceSigner {
     /// The account id.
     pub fn account_id(&self) -> AccountId {
         self.account.id()
+    }
+    /// The committer time to give a commit signed at `now_secs` (this
+    /// device's clock) on parents dated `parents_secs`: no earlier than
+    /// them (within a bound) nor than either certificate's `notBefore`
+    /// (see [`authored_time_secs`]).
+    pub fn commit_time_secs(&self, now_secs: i64, parents_secs: &[i64]) -> i64 {
+        authored_time_secs(
+            now_secs,
+            parents_secs.iter().copied(),
+            &self.device,
+            &self.account,
+        )
     }
 }
 

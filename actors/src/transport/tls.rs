@@ -12,6 +12,11 @@
 //! dialler additionally requires the account (and device, if known) it meant
 //! to reach; a mismatch fails the handshake.
 //!
+//! Validity windows are checked against the local clock give or take
+//! [`CERT_CLOCK_SKEW_SECS_MAX`] (two days): clocks are often wrong, and a
+//! node a day slow would otherwise refuse every certificate issued today.
+//! Revocation (the CRL) does not depend on time and gets no such slack.
+//!
 //! Session resumption and 0-RTT are disabled on both sides: a resumed session
 //! skips certificate verification, so a revoked device could keep resuming.
 //!
@@ -31,6 +36,7 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use starling_protocol::limits::CERT_CLOCK_SKEW_SECS_MAX;
 use starling_protocol::{
     verify_device_of, AccountCert, AccountId, ChainError, CrlError, DeviceCert, DeviceId,
     RevocationList, VerifiedAccount, VerifiedCrl, VerifiedDevice,
@@ -277,7 +283,10 @@ impl ChainCheck {
         };
         let account = self.verified_account(account)?;
         let crl = self.book.get(&account.cert().id());
-        let verified = verify_device_of(&device, &account, crl.as_deref(), system_time(now))
+        // Windows give or take the clock error a node is built to absorb: a
+        // node a day slow must still accept a certificate issued today.
+        let skew = Duration::from_secs(CERT_CLOCK_SKEW_SECS_MAX);
+        let verified = verify_device_of(&device, &account, crl.as_deref(), system_time(now), skew)
             .map_err(PeerRejection::Chain)?;
         Ok((verified, device))
     }

@@ -9,7 +9,9 @@ use std::process::Command;
 use ed25519_dalek::SigningKey;
 use git2::Oid;
 use rand::SeedableRng;
-use starling_actors::conversation::store::{oid, tree_with_changes, write_commit, HEAD_REF};
+use starling_actors::conversation::store::{
+    oid, tree_with_changes, write_commit, HEAD_REF, TIP_REF_PREFIX,
+};
 use starling_actors::conversation::{DeviceSigner, Store};
 use starling_protocol::swarm::validation::Changes;
 use starling_protocol::{AccountCert, DeviceCert};
@@ -80,8 +82,32 @@ pub fn craft_at(
     };
     let tree = tree_with_changes(repo, base, changes).unwrap();
     let id = write_commit(repo, signer, tree, parents, body, time).unwrap();
+    // On disk, as a peer fetching this replica sees it: the crafted commit
+    // is a tip, its parents no longer are (the store's own handle keeps
+    // its tips in memory).
+    for parent in parents {
+        if let Ok(mut reference) = repo.find_reference(&format!("{TIP_REF_PREFIX}{parent}")) {
+            reference.delete().unwrap();
+        }
+    }
+    repo.reference(&format!("{TIP_REF_PREFIX}{id}"), id, true, "craft")
+        .unwrap();
     repo.reference(HEAD_REF, id, true, "craft").unwrap();
     id
+}
+
+/// Makes `id` a tip of `store`'s replica on disk in place of `replaces`
+/// (for commits written by hand, as a peer fetching this replica sees them).
+pub fn make_tip(store: &Store, id: Oid, replaces: &[Oid]) {
+    let repo = store.repository();
+    for old in replaces {
+        if let Ok(mut reference) = repo.find_reference(&format!("{TIP_REF_PREFIX}{old}")) {
+            reference.delete().unwrap();
+        }
+    }
+    repo.reference(&format!("{TIP_REF_PREFIX}{id}"), id, true, "by hand")
+        .unwrap();
+    repo.reference(HEAD_REF, id, true, "by hand").unwrap();
 }
 
 pub fn head_oid(store: &Store) -> Oid {
@@ -113,7 +139,7 @@ pub fn assert_stock_git_accepts(store: &Store, dir: &Path) {
     assert!(ok && !out.contains("warning"), "git fsck --strict: {out}");
     let signers = dir.join("allowed_signers");
     std::fs::write(&signers, store.allowed_signers().unwrap()).unwrap();
-    let (ok, list) = git(dir, &["rev-list", "HEAD"]);
+    let (ok, list) = git(dir, &["rev-list", "--all"]);
     assert!(ok, "{list}");
     let file = format!("gpg.ssh.allowedSignersFile={}", signers.display());
     for id in list.lines() {

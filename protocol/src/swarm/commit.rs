@@ -18,7 +18,7 @@ use ssh_key::{HashAlg, SshSig};
 
 use super::ids::CommitId;
 use super::limits::{
-    COMMIT_PAYLOAD_BYTES_MAX, KEY_CACHE_ENTRIES_MAX, MERGE_PARENTS, SIGNATURE_BYTES_MAX,
+    COMMIT_PAYLOAD_BYTES_MAX, KEY_CACHE_ENTRIES_MAX, PARENTS_MAX, SIGNATURE_BYTES_MAX,
 };
 
 /// The sshsig namespace Git uses for commit signatures.
@@ -44,7 +44,7 @@ pub enum CommitFormatError {
     Malformed(&'static str),
     #[error("commit has header {0:?}, which Starling commits never carry")]
     UnexpectedHeader(String),
-    #[error("commit has {0} parents; the most is {MERGE_PARENTS}")]
+    #[error("commit has {0} parents; the most is {PARENTS_MAX}")]
     TooManyParents(usize),
     #[error("commit is not signed")]
     Unsigned,
@@ -128,7 +128,7 @@ pub fn parse_payload(payload: &[u8]) -> Result<CommitPayload, CommitFormatError>
                 return Err(CommitFormatError::Malformed("parent after author"));
             }
             parents.push(parse_hex_id(id)?);
-            if parents.len() > MERGE_PARENTS {
+            if parents.len() > PARENTS_MAX {
                 return Err(CommitFormatError::TooManyParents(parents.len()));
             }
         } else if let Some(ident) = line.strip_prefix(b"author ") {

@@ -1,29 +1,26 @@
-//! Merging diverged histories, and choosing the head, without oscillation.
+//! The tree merge: the membership state of several commits at once.
 //!
-//! **Tree merge.** A merge commit has exactly two parents, ordered by commit
-//! id (smaller first), and its tree is [`merge_files`] of the two parents'
-//! trees over their merge base. It is a three-way merge per path: a path
-//! changed on one side only takes that side; changed on both sides to
-//! different contents, the larger content wins (CRLs: the higher CRL number),
-//! and a modification beats a deletion. The rule is symmetric, so both orders
-//! of the parents give the same tree. [`normalize`] then applies the
-//! membership rules that a per-path merge cannot see: **ban beats join** (an
-//! account in `banned/members/` loses any admin, member or invited file and its
-//! devices move to `banned/devices/`), devices and CRLs of accounts that are
-//! no longer members go, and votes about accounts no longer eligible go.
+//! A replica holds several **tips** when members wrote concurrently; the
+//! state every rule reads is the merge of the tips' trees, and a commit with
+//! several parents has as its tree that same merge plus its own change. So
+//! the merge must depend only on the commit graph: [`merge_parents`] folds
+//! the parents in commit-id order, each step a three-way [`merge_files`] over
+//! the merge base of the parents folded so far and the next one (Git's
+//! recursive strategy, with a virtual base for criss-cross histories).
 //!
-//! **Head choice.** Merge commits carry no content, and two devices that merge
-//! the same heads make two different commits (each signs its own). Merging
-//! those merges again would go on forever. So heads are compared by
-//! *content containment*: `contains(t, x)` holds when `x` is `t` or an
-//! ancestor of `t`, or when `x` is a merge whose parents are all contained in
-//! `t` (so `x` adds nothing `t` lacks). [`plan_head`] then keeps, adopts or
-//! merges; when each head contains the other (equivalent merges), the smaller
-//! commit id wins on every replica. After the last write, one full exchange
-//! gives every replica a head containing all content; a second one makes every
-//! pair of heads equivalent, and all adopt the smallest id — the same head,
-//! in at most three rounds, with no merge of merges.
+//! **Three-way rule.** A path changed on one side only takes that side;
+//! changed on both sides to different contents, the larger content wins
+//! (CRLs: the higher CRL number), and a modification beats a deletion. The
+//! rule is symmetric, so the order of the two sides does not matter.
+//! [`normalize`] then applies the membership rules that a per-path merge
+//! cannot see: **ban beats join** (an account in `banned/members/` loses any
+//! admin, member or invited file and its devices move to `banned/devices/`),
+//! devices and CRLs of accounts that are no longer members go, and votes
+//! about accounts no longer eligible go.
 
+use std::sync::Arc;
+
+use super::dag::{best_common_ancestors, CommitGraph};
 use super::ids::CommitId;
 use super::state::{banned_device_path, crl_path, Files};
 use crate::cert::DeviceCert;
@@ -31,35 +28,74 @@ use crate::crl::RevocationList;
 use crate::id::AccountId;
 use std::collections::BTreeSet;
 
-/// What a replica does with its head when it learns of another valid head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadPlan {
-    /// Our head already contains theirs (or wins the tie).
-    Keep,
-    /// Their head contains ours (fast-forward, or an equivalent merge with a smaller id).
-    Adopt(CommitId),
-    /// Neither contains the other: merge, parents in this order.
-    Merge(CommitId, CommitId),
+/// How deep the virtual merge base (criss-cross histories) recurses before
+/// falling back to the greatest best common ancestor's tree.
+pub const MERGE_BASE_RECURSION_MAX: usize = 8;
+
+/// What the merge needs of history: the graph, and each commit's files.
+pub trait TreeHistory: CommitGraph {
+    /// The files of an accepted (or in-batch, already validated) commit's tree.
+    fn files(&mut self, id: &CommitId) -> Result<Arc<Files>, Self::Error>;
 }
 
-/// Decides between our head and theirs; `contains(t, x)` is content containment
-/// (see the module doc), supplied by the store that can walk the graph.
-pub fn plan_head(
-    ours: CommitId,
-    theirs: CommitId,
-    mut contains: impl FnMut(&CommitId, &CommitId) -> bool,
-) -> HeadPlan {
-    if ours == theirs {
-        return HeadPlan::Keep;
+/// The merged files of `parents` (any order; duplicates ignored): with one
+/// parent, its files; otherwise, in ascending commit-id order `P1 < … < Pn`,
+/// `V = files(P1)`, then for each next `Pi`: `V` stays when `files(Pi)`
+/// equals it, else `V = merge_files(base, V, files(Pi))` where `base` is the
+/// virtual merge base of `{P1 … Pi-1}` and `Pi` (empty when they share no
+/// ancestor). See `docs/PROTOCOL.md` §9.7.
+pub fn merge_parents<H: TreeHistory>(
+    history: &mut H,
+    parents: &[CommitId],
+) -> Result<Arc<Files>, H::Error> {
+    let mut sorted = parents.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let Some((&first, rest)) = sorted.split_first() else {
+        return Ok(Arc::new(Files::new()));
+    };
+    let mut merged = history.files(&first)?;
+    let mut so_far = vec![first];
+    for &next in rest {
+        let theirs = history.files(&next)?;
+        if !Arc::ptr_eq(&merged, &theirs) && *merged != *theirs {
+            let base = virtual_base(history, &so_far, &next, 0)?.unwrap_or_default();
+            merged = Arc::new(merge_files(&base, &merged, &theirs));
+        }
+        so_far.push(next);
     }
-    let ours_has_theirs = contains(&ours, &theirs);
-    let theirs_has_ours = contains(&theirs, &ours);
-    match (ours_has_theirs, theirs_has_ours) {
-        (true, true) if theirs < ours => HeadPlan::Adopt(theirs),
-        (true, _) => HeadPlan::Keep,
-        (false, true) => HeadPlan::Adopt(theirs),
-        (false, false) => HeadPlan::Merge(ours.min(theirs), ours.max(theirs)),
+    Ok(merged)
+}
+
+/// The files of the merge base of `other` and the (virtual) commit whose
+/// parents are `set`: with one best common ancestor, its tree; with several
+/// (criss-cross histories), their recursive merge in display-key order.
+/// Picking just one of them would make a file the other one had already
+/// added (and a later commit removed) look new, and resurrect it.
+fn virtual_base<H: TreeHistory>(
+    history: &mut H,
+    set: &[CommitId],
+    other: &CommitId,
+    depth: usize,
+) -> Result<Option<Arc<Files>>, H::Error> {
+    let bases = best_common_ancestors(history, set, other)?;
+    let Some((&first, rest)) = bases.split_first() else {
+        return Ok(None);
+    };
+    if depth >= MERGE_BASE_RECURSION_MAX {
+        // Bounded work on hostile histories: the greatest base alone.
+        let last = *bases.last().expect("bases is not empty");
+        return Ok(Some(history.files(&last)?));
     }
+    let mut merged = history.files(&first)?;
+    let mut so_far = vec![first];
+    for &next in rest {
+        let inner = virtual_base(history, &so_far, &next, depth + 1)?.unwrap_or_default();
+        let theirs = history.files(&next)?;
+        merged = Arc::new(merge_files(&inner, &merged, &theirs));
+        so_far.push(next);
+    }
+    Ok(Some(merged))
 }
 
 fn pick_conflict(path: &str, a: &[u8], b: &[u8]) -> Vec<u8> {
@@ -201,32 +237,6 @@ pub fn normalize(mut files: Files) -> Files {
 mod tests {
     use super::*;
 
-    fn id(n: u8) -> CommitId {
-        CommitId::from_bytes([n; 20])
-    }
-
-    #[test]
-    fn plan_head_cases() {
-        // One row per case: containment (ours has theirs, theirs has ours) → plan.
-        let rows = [
-            ((true, false), HeadPlan::Keep),
-            ((false, true), HeadPlan::Adopt(id(2))),
-            ((false, false), HeadPlan::Merge(id(1), id(2))),
-            ((true, true), HeadPlan::Keep), // ours (1) is smaller
-        ];
-        for ((a, b), expected) in rows {
-            let plan = plan_head(id(1), id(2), |t, _| if *t == id(1) { a } else { b });
-            assert_eq!(plan, expected);
-        }
-        let plan = plan_head(id(3), id(2), |_, _| true);
-        assert_eq!(
-            plan,
-            HeadPlan::Adopt(id(2)),
-            "equivalent heads: smaller id wins"
-        );
-        assert_eq!(plan_head(id(3), id(3), |_, _| false), HeadPlan::Keep);
-    }
-
     #[test]
     fn three_way_merge_is_symmetric_and_takes_one_sided_changes() {
         let f = |pairs: &[(&str, &str)]| -> Files {
@@ -279,6 +289,91 @@ mod tests {
             proptest::prop_assert_eq!(&merged, &merge_files(&base, &theirs, &ours));
             proptest::prop_assert_eq!(normalize(merged.clone()), merged.clone());
             let _ = super::super::state::SwarmState::from_files(merged);
+        }
+    }
+
+    /// A memory graph whose commits carry file maps.
+    struct FileGraph {
+        graph: crate::swarm::dag::tests::MemoryGraph,
+        files: std::collections::HashMap<CommitId, Arc<Files>>,
+    }
+
+    impl CommitGraph for FileGraph {
+        type Error = String;
+        fn parents(&mut self, id: &CommitId) -> Result<Vec<CommitId>, String> {
+            self.graph.parents(id)
+        }
+        fn key(&mut self, id: &CommitId) -> Result<crate::swarm::order::OrderKey, String> {
+            self.graph.key(id)
+        }
+    }
+
+    impl TreeHistory for FileGraph {
+        fn files(&mut self, id: &CommitId) -> Result<Arc<Files>, String> {
+            self.files.get(id).cloned().ok_or_else(|| id.to_string())
+        }
+    }
+
+    fn files_of(pairs: &[(&str, &str)]) -> Files {
+        pairs
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// A file added on a criss-cross's both sides' common history and
+    /// removed on one side stays removed: the virtual base remembers it.
+    #[test]
+    fn a_removal_survives_a_criss_cross_merge_of_many_parents() {
+        let mut g = FileGraph {
+            graph: Default::default(),
+            files: Default::default(),
+        };
+        let add = |g: &mut FileGraph, parents: &[CommitId], files: Files| {
+            let id = g.graph.add(parents);
+            g.files.insert(id, Arc::new(files));
+            id
+        };
+        let root = add(&mut g, &[], files_of(&[("mode", "public")]));
+        let with = files_of(&[("mode", "public"), ("profile.json", "x")]);
+        let a = add(&mut g, &[root], with.clone());
+        let b = add(&mut g, &[root], files_of(&[("mode", "public")]));
+        // Criss-cross: two merges of a and b, one side then drops the file.
+        let m1 = add(&mut g, &[a, b], with.clone());
+        let m2 = add(&mut g, &[a, b], with.clone());
+        let dropped = add(&mut g, &[m1], files_of(&[("mode", "public")]));
+        let other = add(&mut g, &[m2], with.clone());
+        let third = add(&mut g, &[root], files_of(&[("mode", "public"), ("z", "1")]));
+        let merged = merge_parents(&mut g, &[dropped, other, third]).unwrap();
+        assert!(!merged.contains_key("profile.json"), "{merged:?}");
+        assert_eq!(merged.get("z").map(Vec::as_slice), Some(&b"1"[..]));
+    }
+
+    proptest::proptest! {
+        /// The merge of several parents depends on the set, not the order.
+        #[test]
+        fn merging_parents_does_not_depend_on_their_order(
+            picks in proptest::collection::vec((0usize..40, 0usize..40, 0usize..40, proptest::prelude::any::<u8>()), 1..30),
+            trees in proptest::collection::vec(arbitrary_files(), 31),
+            chosen in proptest::collection::vec(0usize..40, 1..6),
+            rotate in 0usize..6,
+        ) {
+            let graph = crate::swarm::dag::tests::random_graph(&picks);
+            let files = graph
+                .order
+                .iter()
+                .zip(trees)
+                .map(|(id, f)| (*id, Arc::new(f)))
+                .collect();
+            let mut g = FileGraph { graph, files };
+            let len = g.graph.order.len();
+            let parents: Vec<CommitId> = chosen.iter().map(|i| g.graph.order[i % len]).collect();
+            let mut turned = parents.clone();
+            turned.rotate_left(rotate % parents.len());
+            turned.reverse();
+            let one = merge_parents(&mut g, &parents).unwrap();
+            let two = merge_parents(&mut g, &turned).unwrap();
+            proptest::prop_assert_eq!(one, two);
         }
     }
 }

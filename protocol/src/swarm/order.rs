@@ -2,12 +2,19 @@
 //!
 //! Commits are ordered by [`OrderKey`]: generation (which every commit
 //! carries in its body, checked by validation: one more than its parents'
-//! largest), then committer time, then commit id. A parent's generation is
+//! largest), then display time, then commit id. A parent's generation is
 //! always smaller than its child's, so the order is topological, and it
 //! depends only on the commits themselves: every replica holding the same
-//! commits shows them in the same order.
+//! commits shows them in the same order. Time only breaks ties among
+//! concurrent commits of one generation.
 //!
-//! Loading the newest `n` messages walks back from the head with a max-heap
+//! The display time ([`display_time_secs`]) is the committer time, but no
+//! earlier than the parents' committer times: a commit's time is its
+//! author's claim, and a clock that runs slow (or a hostile author) must not
+//! show a reply as older than the message it answers. It is also the time
+//! shown with each message.
+//!
+//! Loading the newest `n` messages walks back from the tips with a max-heap
 //! on that key ([`newest_first`]). Every commit not yet discovered descends
 //! from the heap's frontier only through keys smaller than the frontier's, so
 //! each pop is the next-newest commit: the walk touches about `n` commits plus
@@ -22,10 +29,20 @@ use super::ids::CommitId;
 pub struct OrderKey {
     /// Generation from the commit's body.
     pub generation: u64,
-    /// Committer time, seconds since the Unix epoch.
+    /// Display time ([`display_time_secs`]), seconds since the Unix epoch.
     pub time_secs: i64,
     /// The commit id (last resort, always distinct).
     pub id: CommitId,
+}
+
+/// The time a commit is shown at and ordered by within its generation: its
+/// committer time, raised to its latest parent's committer time if that is
+/// later. Authors already date commits no earlier than their parents
+/// (within a bound; `validation::authored_time_secs`); this covers commits
+/// whose authors did not, so a reply never shows as older than what it
+/// answers. Only the parents are read, so a key costs one step, not a walk.
+pub fn display_time_secs(committer_secs: i64, parents_secs: impl IntoIterator<Item = i64>) -> i64 {
+    parents_secs.into_iter().fold(committer_secs, i64::max)
 }
 
 /// What the walk needs to know of one commit (ordered by its key first).
@@ -47,18 +64,21 @@ pub trait Dag {
     fn entry(&mut self, id: &CommitId) -> Result<DagEntry, Self::Error>;
 }
 
-/// The newest `limit` shown commits reachable from `head`, newest first.
+/// The newest `limit` shown commits reachable from `tips`, newest first.
 pub fn newest_first<D: Dag>(
-    head: CommitId,
+    tips: &[CommitId],
     limit: usize,
     dag: &mut D,
 ) -> Result<Vec<OrderKey>, D::Error> {
     let mut out = Vec::with_capacity(limit.min(1024));
     let mut heap = BinaryHeap::new();
     let mut seen = HashSet::new();
-    let first = dag.entry(&head)?;
-    seen.insert(head);
-    heap.push((first.key, first));
+    for tip in tips {
+        if seen.insert(*tip) {
+            let first = dag.entry(tip)?;
+            heap.push((first.key, first));
+        }
+    }
     while let Some((key, entry)) = heap.pop() {
         if out.len() >= limit {
             break;
@@ -86,12 +106,15 @@ pub struct NewestFirstWalk {
 }
 
 impl NewestFirstWalk {
-    /// A walk starting at `head`.
-    pub fn new<D: Dag>(head: CommitId, dag: &mut D) -> Result<Self, D::Error> {
+    /// A walk starting at `tips`.
+    pub fn new<D: Dag>(tips: &[CommitId], dag: &mut D) -> Result<Self, D::Error> {
         let mut walk = Self::default();
-        let first = dag.entry(&head)?;
-        walk.seen.insert(head);
-        walk.heap.push((first.key, first));
+        for tip in tips {
+            if walk.seen.insert(*tip) {
+                let first = dag.entry(tip)?;
+                walk.heap.push((first.key, first));
+            }
+        }
         Ok(walk)
     }
 
@@ -162,7 +185,31 @@ mod tests {
             all.reverse();
             all.truncate(limit);
             let mut dag = MapDag(map, 0);
-            prop_assert_eq!(newest_first(head, limit, &mut dag).unwrap(), all);
+            prop_assert_eq!(newest_first(&[head], limit, &mut dag).unwrap(), all);
+        }
+    }
+
+    #[test]
+    fn display_time_is_never_before_a_parent() {
+        // One row per case: committer time, parents' times, display time.
+        let rows: [(&str, i64, &[i64], i64); 5] = [
+            ("a root", 100, &[], 100),
+            ("later than its parent", 100, &[90], 100),
+            ("dated before its parent", 100, &[3_000], 3_000),
+            (
+                "a merge follows its latest parent",
+                100,
+                &[90, 3_000],
+                3_000,
+            ),
+            ("equal times", 100, &[100], 100),
+        ];
+        for (name, own, parents, expected) in rows {
+            assert_eq!(
+                display_time_secs(own, parents.iter().copied()),
+                expected,
+                "{name}"
+            );
         }
     }
 
@@ -186,7 +233,7 @@ mod tests {
             );
         }
         let mut dag = MapDag(map, 0);
-        let page = newest_first(id(n - 1), 50, &mut dag).unwrap();
+        let page = newest_first(&[id(n - 1)], 50, &mut dag).unwrap();
         assert_eq!(page.len(), 50);
         assert_eq!(page[0].id, id(n - 1));
         assert!(dag.1 <= 52, "walk read {} commits", dag.1);
@@ -213,8 +260,8 @@ mod tests {
             );
         }
         let mut dag = MapDag(map, 0);
-        let expected = newest_first(id(4), 10, &mut dag).unwrap();
-        let mut walk = NewestFirstWalk::new(id(4), &mut dag).unwrap();
+        let expected = newest_first(&[id(4)], 10, &mut dag).unwrap();
+        let mut walk = NewestFirstWalk::new(&[id(4)], &mut dag).unwrap();
         let mut got = Vec::new();
         while let Some(entry) = walk.next_entry(&mut dag).unwrap() {
             if entry.shown {

@@ -150,6 +150,24 @@ impl SwarmState {
 
     /// Like [`SwarmState::from_files`], sharing the file map.
     pub fn from_shared(files: Arc<Files>) -> Result<Self, StateError> {
+        Self::build(files, None)
+    }
+
+    /// Like [`SwarmState::from_shared`], reusing what `like` (the state of a
+    /// similar tree: a parent's, say) already parsed and checked wherever
+    /// the bytes are the same: a certificate whose file is unchanged is not
+    /// parsed again, and a device whose certificate, account certificate and
+    /// CRL are all unchanged keeps its chain verdict. Trees of one
+    /// conversation differ in a few files, so this saves nearly all of the
+    /// work; the result is exactly what `from_shared` gives.
+    pub fn from_shared_like(files: Arc<Files>, like: &SwarmState) -> Result<Self, StateError> {
+        Self::build(files, Some(like))
+    }
+
+    fn build(files: Arc<Files>, like: Option<&SwarmState>) -> Result<Self, StateError> {
+        let unchanged = |path: &str, content: &[u8]| -> bool {
+            like.is_some_and(|l| l.files.get(path).is_some_and(|c| c.as_slice() == content))
+        };
         if files.len() > TREE_FILES_MAX {
             return Err(StateError::TooManyFiles {
                 found: files.len(),
@@ -183,9 +201,23 @@ impl SwarmState {
             } else if path == PROFILE_PATH {
                 check_profile(content).map_err(|reason| bad(path, reason))?;
             } else if let Some(id) = id_in::<AccountId>(path, "admins/", ".crt") {
-                admins.insert(id, account_cert(path, content, id)?);
+                let known = like
+                    .filter(|_| unchanged(path, content))
+                    .and_then(|l| l.admins.get(&id).cloned());
+                let cert = match known {
+                    Some(cert) => cert,
+                    None => account_cert(path, content, id)?,
+                };
+                admins.insert(id, cert);
             } else if let Some(id) = id_in::<AccountId>(path, "members/", ".crt") {
-                members.insert(id, account_cert(path, content, id)?);
+                let known = like
+                    .filter(|_| unchanged(path, content))
+                    .and_then(|l| l.members.get(&id).cloned());
+                let cert = match known {
+                    Some(cert) => cert,
+                    None => account_cert(path, content, id)?,
+                };
+                members.insert(id, cert);
             } else if let Some(id) = id_in::<AccountId>(path, "invited/", "") {
                 if !content.is_empty() {
                     return Err(bad(path, "invitation files are empty"));
@@ -199,10 +231,23 @@ impl SwarmState {
             } else if let Some(id) = id_in::<DeviceId>(path, "banned/devices/", ".crt") {
                 banned_devices.insert(id, device_cert(path, content, id)?);
             } else if let Some(id) = id_in::<DeviceId>(path, "devices/", ".crt") {
-                device_certs.insert(id, device_cert(path, content, id)?);
+                let known = like
+                    .filter(|_| unchanged(path, content))
+                    .and_then(|l| l.devices.get(&id).map(|(c, _)| c.clone()));
+                let cert = match known {
+                    Some(cert) => cert,
+                    None => device_cert(path, content, id)?,
+                };
+                device_certs.insert(id, cert);
             } else if let Some(id) = id_in::<AccountId>(path, "CRLs/", ".crl") {
-                let crl =
-                    RevocationList::from_pem(pem_text(path, content)?).map_err(|e| bad(path, e))?;
+                let known = like
+                    .filter(|_| unchanged(path, content))
+                    .and_then(|l| l.crls.get(&id).cloned());
+                let crl = match known {
+                    Some(crl) => crl,
+                    None => RevocationList::from_pem(pem_text(path, content)?)
+                        .map_err(|e| bad(path, e))?,
+                };
                 if crl.issuer() != id {
                     return Err(bad(path, "CRL issuer is not the account it is filed under"));
                 }
@@ -232,11 +277,32 @@ impl SwarmState {
         let mut devices = BTreeMap::new();
         for (id, cert) in device_certs {
             let owner: AccountId = cert.claimed_account_id();
-            let standing = match admins.get(&owner).or_else(|| members.get(&owner)) {
-                None => DeviceStanding::NotAMember(owner),
-                Some(account) => match chain_ignoring_time(&cert, account, crls.get(&owner)) {
-                    Ok(()) => DeviceStanding::Valid { account: owner },
-                    Err(e) => DeviceStanding::Invalid(e),
+            // The verdict depends on the device certificate, the owner's
+            // role file and its CRL file: all unchanged, it is the same.
+            let same_inputs = |l: &SwarmState| {
+                let role_file = [admin_path(&owner), member_path(&owner)];
+                let device_file = device_path(&id);
+                let crl_file = crl_path(&owner);
+                [
+                    device_file.as_str(),
+                    role_file[0].as_str(),
+                    role_file[1].as_str(),
+                    crl_file.as_str(),
+                ]
+                .iter()
+                .all(|p| l.files.get(*p) == files.get(*p))
+            };
+            let known = like
+                .filter(|l| same_inputs(l))
+                .and_then(|l| l.devices.get(&id).map(|(_, standing)| standing.clone()));
+            let standing = match known {
+                Some(standing) => standing,
+                None => match admins.get(&owner).or_else(|| members.get(&owner)) {
+                    None => DeviceStanding::NotAMember(owner),
+                    Some(account) => match chain_ignoring_time(&cert, account, crls.get(&owner)) {
+                        Ok(()) => DeviceStanding::Valid { account: owner },
+                        Err(e) => DeviceStanding::Invalid(e),
+                    },
                 },
             };
             devices.insert(id, (cert, standing));

@@ -54,7 +54,8 @@ pub struct ShownMessage {
     pub author: Option<AccountId>,
     /// The text after the newest edit by its author; empty when deleted.
     pub body: String,
-    /// Committer time of the original message, seconds since the Unix epoch.
+    /// Display time of the original message (`order::display_time_secs`),
+    /// seconds since the Unix epoch.
     pub timestamp: i64,
     /// The message it answers.
     #[serde(skip_serializing_if = "Option::is_none")]

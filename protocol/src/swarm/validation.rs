@@ -11,6 +11,14 @@
 //! state, no more and no fewer (see [`expected_changes`]); that one rule is
 //! what stops a member from touching another member's files, a message
 //! commit from carrying files, and a merge from adding anything of its own.
+//!
+//! No rule reads the validating device's clock, and none can: nothing here
+//! takes the time. A verdict is a function of the commits alone, so every
+//! replica holding the same commits reaches the same verdicts, whatever its
+//! clock says. The one rule about time compares a commit's committer time
+//! (the author's claim) with the validity windows of its signer's
+//! certificates, both read from the history; an honest author dates its
+//! commits inside them ([`authored_time_secs`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,12 +28,12 @@ use super::commit::{
     parse_payload, verify_signature_with, CommitFormatError, CommitPayload, KeyCache,
 };
 use super::ids::CommitId;
-use super::limits::{COMMIT_FUTURE_SKEW_SECS_MAX, FETCH_COMMITS_MAX, MERGE_PARENTS};
-use super::merge::merge_files;
+use super::limits::{COMMIT_TIME_LEAD_SECS_MAX, FETCH_COMMITS_MAX, PARENTS_MAX};
 use super::state::{
     admin_path, banned_device_path, banned_member_path, crl_path, device_path, invited_path,
     member_path, vote_path, DeviceStanding, Files, StateError, SwarmState, MODE_PATH, PROFILE_PATH,
 };
+use crate::cert::{AccountCert, DeviceCert};
 use crate::chain::{ChainError, VerifiedDevice};
 use crate::id::{AccountId, DeviceId};
 
@@ -61,10 +69,9 @@ pub struct ParentView {
 pub struct Context<'a> {
     /// The conversation id (its initial commit), or `None` when validating that commit.
     pub conversation: Option<CommitId>,
-    /// The validating device's clock, seconds since the Unix epoch.
-    pub now_secs: i64,
-    /// For a merge: the files of the parents' (virtual) merge base.
-    pub merge_base: Option<&'a Files>,
+    /// For a commit whose parents' trees differ: the state of their merge
+    /// ([`super::merge::merge_parents`]), which the commit builds on.
+    pub merged: Option<&'a Arc<SwarmState>>,
 }
 
 /// A commit that passed every check.
@@ -121,14 +128,6 @@ pub enum Rejection {
         expected: u64,
         found: u64,
     },
-    #[error(
-        "commit {commit} is dated {time_secs}, more than the allowed skew after now ({now_secs})"
-    )]
-    FromTheFuture {
-        commit: CommitId,
-        time_secs: i64,
-        now_secs: i64,
-    },
     #[error("commit {commit} is signed by device {device}, which is not in the conversation")]
     UnknownDevice { commit: CommitId, device: DeviceId },
     #[error("commit {commit} is signed by banned device {device}")]
@@ -145,7 +144,7 @@ pub enum Rejection {
     },
     #[error("commit {commit}: the signing device's chain fails: {error}")]
     Chain { commit: CommitId, error: ChainError },
-    #[error("commit {commit} is dated outside device {device}'s certificate validity")]
+    #[error("commit {commit} is dated outside the validity of device {device}'s certificate or its account's")]
     DeviceNotCurrent { commit: CommitId, device: DeviceId },
     #[error("commit {commit}: {author} may not {what}")]
     NotAllowed {
@@ -161,33 +160,42 @@ pub enum Rejection {
     },
     #[error("commit {0}: resulting tree is invalid: {1}")]
     BadTree(CommitId, StateError),
-    #[error(
-        "commit {0}: a merge has exactly two parents and type merge; a non-merge has one parent"
-    )]
+    #[error("commit {0}: only the initial commit has no parents, and a merge has at least two")]
     MergeShape(CommitId),
+    #[error(
+        "commit {0}: parents must be distinct, in ascending id order, and at most {PARENTS_MAX}"
+    )]
+    ParentOrder(CommitId),
     #[error("merge {0}'s tree is not the documented merge of its parents")]
     MergeTreeMismatch(CommitId),
-    #[error("merge {0}: no merge base state was supplied")]
+    #[error("commit {0}: the merged state of its parents was not supplied")]
     NoMergeBase(CommitId),
     #[error("fetch brings {found} commits; the limit is {max}")]
     TooManyCommits { found: usize, max: usize },
 }
 
 impl Rejection {
+    /// The commit refused, when the rejection names one.
+    pub fn commit(&self) -> Option<CommitId> {
+        rejected_id(self)
+    }
+
     /// A short stable name for metrics (`rejected_commits_total{reason=…}`).
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::Format(..) => "format",
             Rejection::Body(..) => "body",
-            Rejection::ParentMismatch(_) | Rejection::MissingParent { .. } => "parents",
+            Rejection::ParentMismatch(_)
+            | Rejection::MissingParent { .. }
+            | Rejection::ParentOrder(_) => "parents",
             Rejection::DescendantOfRejected { .. } => "descendant_of_rejected",
             Rejection::ForeignRoot(_) => "history_rewrite",
             Rejection::WrongGeneration { .. } => "generation",
-            Rejection::FromTheFuture { .. } => "time",
             Rejection::UnknownDevice { .. } => "unknown_device",
             Rejection::BannedDevice { .. } | Rejection::BannedAuthor { .. } => "banned",
             Rejection::NotAMember { .. } => "not_a_member",
-            Rejection::Chain { .. } | Rejection::DeviceNotCurrent { .. } => "chain",
+            Rejection::Chain { .. } => "chain",
+            Rejection::DeviceNotCurrent { .. } => "time",
             Rejection::NotAllowed { .. } => "not_allowed",
             Rejection::UnexpectedChanges { .. } => "unexpected_changes",
             Rejection::BadTree(..) => "bad_tree",
@@ -198,6 +206,27 @@ impl Rejection {
         }
     }
 }
+
+/// Every name [`Rejection::reason`] gives, for a reader that meets one in
+/// a peer's report and must keep its labels to a fixed set.
+pub const REJECTION_REASONS: [&str; 16] = [
+    "format",
+    "body",
+    "parents",
+    "descendant_of_rejected",
+    "history_rewrite",
+    "generation",
+    "time",
+    "unknown_device",
+    "banned",
+    "not_a_member",
+    "chain",
+    "not_allowed",
+    "unexpected_changes",
+    "bad_tree",
+    "merge",
+    "too_many_commits",
+];
 
 /// What a commit of some type must do to one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,21 +356,30 @@ fn validate_signed_by(
             found: body.generation(),
         });
     }
-    if payload.time_secs > ctx.now_secs.saturating_add(COMMIT_FUTURE_SKEW_SECS_MAX) {
-        return Err(Rejection::FromTheFuture {
-            commit: id,
-            time_secs: payload.time_secs,
-            now_secs: ctx.now_secs,
-        });
+    if parents.len() > PARENTS_MAX || parents.windows(2).any(|w| w[0].id >= w[1].id) {
+        return Err(Rejection::ParentOrder(id));
     }
     let is_merge_type = matches!(body.kind(), Some(BodyKind::Merge));
     let (author, state) = match parents {
         [] => validate_root(candidate, &body, device, ctx)?,
-        [parent] if !is_merge_type => validate_single(candidate, &body, device, parent)?,
-        [first, second] if is_merge_type && parents.len() == MERGE_PARENTS => {
-            validate_merge(candidate, device, first, second, ctx)?
+        [_] if is_merge_type => return Err(Rejection::MergeShape(id)),
+        [first, ..] => {
+            let base = merged_parents(id, parents, ctx)?;
+            if is_merge_type {
+                validate_merge(candidate, device, parents, first, base)?
+            } else {
+                // Changes arrive relative to the first parent; the rules
+                // judge them relative to the merge the commit builds on.
+                let own = if Arc::ptr_eq(base, &first.state) {
+                    None
+                } else {
+                    let actual = apply(first.state.files(), &candidate.changes);
+                    Some(diff(base.files(), &actual))
+                };
+                let changes = own.as_ref().unwrap_or(&candidate.changes);
+                validate_single(id, changes, &body, device, base)?
+            }
         }
-        _ => return Err(Rejection::MergeShape(id)),
     };
     let mut states: Vec<&SwarmState> = parents.iter().map(|p| &*p.state).collect();
     states.push(&state);
@@ -354,6 +392,44 @@ fn validate_signed_by(
         time_secs: payload.time_secs,
         state,
     })
+}
+
+/// The committer time an author at `now_secs` (its clock) gives a commit
+/// with parents dated `parents_secs`, signed by `device` of `account`.
+///
+/// - No earlier than its parents, as long as they are at most
+///   [`COMMIT_TIME_LEAD_SECS_MAX`] ahead of the author's clock: along an
+///   honest history committer times never decrease, so a reply is never
+///   shown as older than what it answers, even when the clocks of its
+///   authors disagree by up to that much. A parent dated further ahead (a
+///   clock days fast, or a member dating messages years ahead) is followed
+///   only that far, so nobody can drag a conversation's times further.
+/// - Never before either certificate's `notBefore`: rule 9 refuses such a
+///   commit, and a device whose clock runs behind the one its certificates
+///   were issued with would otherwise write commits every replica refuses.
+///
+/// Parents are never followed past either `notAfter`; a clock itself past
+/// it is kept, and the author's own validation then refuses the commit
+/// ([`Rejection::DeviceNotCurrent`]): the certificate has expired by the
+/// author's clock, and nothing is written that peers would refuse.
+pub fn authored_time_secs(
+    now_secs: i64,
+    parents_secs: impl IntoIterator<Item = i64>,
+    device: &DeviceCert,
+    account: &AccountCert,
+) -> i64 {
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    };
+    let not_before = secs(device.not_before()).max(secs(account.not_before()));
+    let not_after = secs(device.not_after()).min(secs(account.not_after()));
+    let followed = parents_secs.into_iter().max().map_or(i64::MIN, |parents| {
+        parents
+            .min(now_secs.saturating_add(COMMIT_TIME_LEAD_SECS_MAX))
+            .min(not_after)
+    });
+    now_secs.max(followed).max(not_before)
 }
 
 /// Checks the commit's time against the validity windows of the signer's
@@ -389,6 +465,11 @@ fn check_device_time(
     Ok(())
 }
 
+/// `base` with `changes` applied.
+pub fn apply_changes(base: &Files, changes: &Changes) -> Files {
+    apply(base, changes)
+}
+
 fn apply(base: &Files, changes: &Changes) -> Files {
     let mut files = base.clone();
     for (path, change) in changes {
@@ -402,6 +483,18 @@ fn apply(base: &Files, changes: &Changes) -> Files {
         }
     }
     files
+}
+
+/// The state of `files`, a commit's tree, reusing what its base state
+/// `like` already checked (see [`SwarmState::from_shared_like`]).
+fn build_state_like(
+    id: CommitId,
+    files: Files,
+    like: &SwarmState,
+) -> Result<Arc<SwarmState>, Rejection> {
+    SwarmState::from_shared_like(Arc::new(files), like)
+        .map(Arc::new)
+        .map_err(|e| Rejection::BadTree(id, e))
 }
 
 fn build_state(id: CommitId, files: Files) -> Result<Arc<SwarmState>, Rejection> {
@@ -479,53 +572,79 @@ fn validate_root(
     ))
 }
 
+/// The state a commit with `parents` builds on: the parent's with one, and
+/// with several the first's when all their trees are equal, else the merged
+/// state the caller computed ([`Context::merged`]).
+fn merged_parents<'a>(
+    id: CommitId,
+    parents: &'a [ParentView],
+    ctx: &Context<'a>,
+) -> Result<&'a Arc<SwarmState>, Rejection> {
+    let first = &parents[0];
+    let same = parents[1..]
+        .iter()
+        .all(|p| Arc::ptr_eq(&p.state, &first.state) || p.state.files() == first.state.files());
+    if same {
+        Ok(&first.state)
+    } else {
+        ctx.merged.ok_or(Rejection::NoMergeBase(id))
+    }
+}
+
+/// The changes that turn `before` into `after`.
+pub fn diff(before: &Files, after: &Files) -> Changes {
+    let mut changes = Changes::new();
+    for (path, content) in after {
+        if before.get(path) != Some(content) {
+            changes.insert(path.clone(), Some(content.clone()));
+        }
+    }
+    for path in before.keys() {
+        if !after.contains_key(path) {
+            changes.insert(path.clone(), None);
+        }
+    }
+    changes
+}
+
 fn validate_merge(
     candidate: &Candidate,
     device: DeviceId,
+    parents: &[ParentView],
     first: &ParentView,
-    second: &ParentView,
-    ctx: &Context<'_>,
+    merged: &Arc<SwarmState>,
 ) -> Result<(VerifiedDevice, Arc<SwarmState>), Rejection> {
     let id = candidate.id;
     // A merge brings no content, so the right to merge follows the right to
-    // write on either branch.
-    let account = standing_author(id, &first.state, device)
-        .or_else(|_| standing_author(id, &second.state, device))?;
-    let (ours, theirs) = (first.state.files(), second.state.files());
-    let expected = if ours == theirs {
-        (**ours).clone()
-    } else {
-        let base = ctx.merge_base.ok_or(Rejection::NoMergeBase(id))?;
-        merge_files(base, ours, theirs)
-    };
-    let actual = apply(ours, &candidate.changes);
-    if actual != expected {
+    // write on any of its branches.
+    let mut account = Err(Rejection::UnknownDevice { commit: id, device });
+    for parent in parents {
+        account = standing_author(id, &parent.state, device);
+        if account.is_ok() {
+            break;
+        }
+    }
+    let account = account?;
+    let actual = apply(first.state.files(), &candidate.changes);
+    if actual != **merged.files() {
         return Err(Rejection::MergeTreeMismatch(id));
     }
-    let state = if actual == **ours {
-        first.state.clone()
-    } else if actual == **theirs {
-        second.state.clone()
-    } else {
-        build_state(id, actual)?
-    };
     Ok((
         VerifiedDevice {
             account_id: account,
             device_id: device,
         },
-        state,
+        merged.clone(),
     ))
 }
 
 fn validate_single(
-    candidate: &Candidate,
+    id: CommitId,
+    changes: &Changes,
     body: &Body,
     device: DeviceId,
-    parent: &ParentView,
+    state: &Arc<SwarmState>,
 ) -> Result<(VerifiedDevice, Arc<SwarmState>), Rejection> {
-    let id = candidate.id;
-    let state = &parent.state;
     // A join or device commit brings the signer's own certificate; the author
     // is resolved from the state *after* it, and checked against the rules
     // on the state before it.
@@ -541,7 +660,7 @@ fn validate_single(
     ) && state.device(&device).is_none()
         && !state.is_banned_device(&device);
     let (account, new_state) = if self_adding {
-        let new_state = build_state(id, apply(state.files(), &candidate.changes))?;
+        let new_state = build_state_like(id, apply(state.files(), changes), state)?;
         let account = standing_author(id, &new_state, device)?;
         if state.is_banned(&account) {
             return Err(Rejection::BannedAuthor {
@@ -554,11 +673,11 @@ fn validate_single(
         (standing_author(id, state, device)?, None)
     };
     let expected = expected_changes(id, body, account, device, state)?;
-    compare_changes(id, &expected, &candidate.changes)?;
+    compare_changes(id, &expected, changes)?;
     let new_state = match new_state {
         Some(s) => s,
-        None if candidate.changes.is_empty() => state.clone(),
-        None => build_state(id, apply(state.files(), &candidate.changes))?,
+        None if changes.is_empty() => state.clone(),
+        None => build_state_like(id, apply(state.files(), changes), state)?,
     };
     if let Some(BodyKind::Crl) = body.kind() {
         check_crl_update(id, account, state, &new_state)?;
@@ -883,9 +1002,9 @@ fn member_changes(
 pub trait History {
     /// An accepted commit's view, if it is in accepted history.
     fn view(&mut self, id: &CommitId) -> Option<ParentView>;
-    /// The files of the (virtual) merge base of two accepted commits, if any
-    /// (see `docs/PROTOCOL.md` §9.7.1).
-    fn merge_base_files(&mut self, a: &CommitId, b: &CommitId) -> Option<Arc<Files>>;
+    /// The state of the merge of `parents` (accepted, or accepted earlier in
+    /// this batch; see [`super::merge::merge_parents`]), if it can be built.
+    fn merged_state(&mut self, parents: &[CommitId]) -> Option<Arc<SwarmState>>;
 }
 
 /// The outcome of validating one fetch.
@@ -909,6 +1028,7 @@ fn rejected_id(r: &Rejection) -> Option<CommitId> {
         Rejection::Format(c, _)
         | Rejection::Body(c, _)
         | Rejection::ParentMismatch(c)
+        | Rejection::ParentOrder(c)
         | Rejection::ForeignRoot(c)
         | Rejection::BadTree(c, _)
         | Rejection::MergeShape(c)
@@ -917,7 +1037,6 @@ fn rejected_id(r: &Rejection) -> Option<CommitId> {
         Rejection::MissingParent { commit, .. }
         | Rejection::DescendantOfRejected { commit, .. }
         | Rejection::WrongGeneration { commit, .. }
-        | Rejection::FromTheFuture { commit, .. }
         | Rejection::UnknownDevice { commit, .. }
         | Rejection::BannedDevice { commit, .. }
         | Rejection::NotAMember { commit, .. }
@@ -937,9 +1056,8 @@ pub fn validate_batch(
     candidates: &[Candidate],
     history: &mut impl History,
     conversation: Option<CommitId>,
-    now_secs: i64,
 ) -> BatchVerdict {
-    validate_batch_checked(candidates, &[], history, conversation, now_secs)
+    validate_batch_checked(candidates, &[], history, conversation)
 }
 
 /// [`validate_batch`] with the signatures already checked: `signatures[i]`
@@ -954,7 +1072,6 @@ pub fn validate_batch_checked(
     signatures: &[SignatureCheck],
     history: &mut impl History,
     conversation: Option<CommitId>,
-    now_secs: i64,
 ) -> BatchVerdict {
     let mut verdict = BatchVerdict::default();
     if candidates.len() > FETCH_COMMITS_MAX {
@@ -1002,9 +1119,13 @@ pub fn validate_batch_checked(
                 }
             }
         }
-        let base_files = match (&failure, views.as_slice()) {
-            (None, [a, b]) if a.state.files() != b.state.files() => {
-                history.merge_base_files(&a.id, &b.id)
+        let merged = match (&failure, views.split_first()) {
+            (None, Some((first, rest)))
+                if rest.iter().any(|p| {
+                    !Arc::ptr_eq(&p.state, &first.state) && p.state.files() != first.state.files()
+                }) =>
+            {
+                history.merged_state(&payload.parents)
             }
             _ => None,
         };
@@ -1023,8 +1144,7 @@ pub fn validate_batch_checked(
                         &views,
                         &Context {
                             conversation,
-                            now_secs,
-                            merge_base: base_files.as_deref(),
+                            merged: merged.as_ref(),
                         },
                     ),
                     Err(e) => Err(Rejection::Format(id, e)),
@@ -1160,6 +1280,74 @@ mod tests {
         );
         // A member, however many votes, may not ban.
         assert!(check(&member(MemberAction::Ban, &a), &d, &two_votes).is_err());
+    }
+
+    #[test]
+    fn every_reason_is_listed_once() {
+        let c = CommitId::from_bytes([7; 20]);
+        let (a, d) = (who(1).cert.id(), who(1).device.id());
+        let all = [
+            Rejection::Format(c, CommitFormatError::Unsigned),
+            Rejection::Body(c, BodyError::Malformed("x".into())),
+            Rejection::ParentMismatch(c),
+            Rejection::MissingParent {
+                commit: c,
+                parent: c,
+            },
+            Rejection::DescendantOfRejected {
+                commit: c,
+                rejected: c,
+            },
+            Rejection::ForeignRoot(c),
+            Rejection::WrongGeneration {
+                commit: c,
+                expected: 1,
+                found: 2,
+            },
+            Rejection::UnknownDevice {
+                commit: c,
+                device: d,
+            },
+            Rejection::BannedDevice {
+                commit: c,
+                device: d,
+            },
+            Rejection::NotAMember {
+                commit: c,
+                account: a,
+            },
+            Rejection::BannedAuthor {
+                commit: c,
+                account: a,
+            },
+            Rejection::Chain {
+                commit: c,
+                error: ChainError::Revoked(d),
+            },
+            Rejection::DeviceNotCurrent {
+                commit: c,
+                device: d,
+            },
+            Rejection::NotAllowed {
+                commit: c,
+                author: a,
+                what: "x".into(),
+            },
+            Rejection::UnexpectedChanges {
+                commit: c,
+                extra: vec![],
+                missing: vec![],
+            },
+            Rejection::BadTree(c, StateError::UnknownPath("x".into())),
+            Rejection::MergeShape(c),
+            Rejection::MergeTreeMismatch(c),
+            Rejection::NoMergeBase(c),
+            Rejection::TooManyCommits { found: 2, max: 1 },
+        ];
+        let named: std::collections::BTreeSet<&str> = all.iter().map(Rejection::reason).collect();
+        let listed: std::collections::BTreeSet<&str> = REJECTION_REASONS.iter().copied().collect();
+        assert_eq!(listed.len(), REJECTION_REASONS.len(), "no name twice");
+        assert_eq!(named, listed);
     }
 
     #[test]
@@ -1338,6 +1526,53 @@ mod tests {
         assert!(changes.values().all(|e| *e == Expect::Delete));
     }
 
+    /// A state built like another gives exactly the state built afresh,
+    /// whatever changed between the two trees: roles, devices, a CRL that
+    /// revokes a device whose certificate did not change.
+    #[test]
+    fn a_state_built_like_another_is_the_state_built_afresh() {
+        let (a, m, n) = (who(1), who(2), who(3));
+        let base = tree(Mode::InvitesOnly, &[&a], &[&m], &[]);
+        let now = crate::cert::tests::now();
+        let first = crate::crl::RevocationList::first(&m.key, &m.cert, now).unwrap();
+        let revoking = first
+            .with_revoked(&m.key, &m.cert, m.device.serial(), now)
+            .unwrap();
+        let mut variants: Vec<Files> = Vec::new();
+        let mut f = base.files().as_ref().clone();
+        f.insert(crl_path(&m.cert.id()), first.to_pem().into_bytes());
+        variants.push(f.clone());
+        f.insert(crl_path(&m.cert.id()), revoking.to_pem().into_bytes());
+        variants.push(f.clone());
+        let mut g = tree(Mode::InvitesOnly, &[&a], &[&m, &n], &[])
+            .files()
+            .as_ref()
+            .clone();
+        variants.push(g.clone());
+        g.remove(&member_path(&m.cert.id()));
+        variants.push(g.clone());
+        let mut h = base.files().as_ref().clone();
+        h.remove(&member_path(&m.cert.id()));
+        h.insert(admin_path(&m.cert.id()), m.cert.to_pem().into_bytes());
+        variants.push(h);
+        for like in std::iter::once(base.clone()).chain(
+            variants
+                .iter()
+                .map(|v| SwarmState::from_files(v.clone()).unwrap()),
+        ) {
+            for v in &variants {
+                let fresh = SwarmState::from_files(v.clone()).unwrap();
+                let derived = SwarmState::from_shared_like(Arc::new(v.clone()), &like).unwrap();
+                assert_eq!(derived, fresh);
+            }
+        }
+        let revoked = SwarmState::from_files(variants[1].clone()).unwrap();
+        assert!(matches!(
+            revoked.device(&m.device.id()),
+            Some((_, DeviceStanding::Invalid(_)))
+        ));
+    }
+
     #[test]
     fn ban_beats_join_in_a_merge() {
         let (a, c) = (who(1), who(3));
@@ -1356,8 +1591,12 @@ mod tests {
         joined.remove(&invited_path(&c.cert.id()));
         joined.insert(member_path(&c.cert.id()), c.cert.to_pem().into_bytes());
         joined.insert(device_path(&c.device.id()), c.device.to_pem().into_bytes());
-        let merged = merge_files(&base, &banned, &joined);
-        assert_eq!(merged, merge_files(&base, &joined, &banned), "symmetric");
+        let merged = crate::swarm::merge::merge_files(&base, &banned, &joined);
+        assert_eq!(
+            merged,
+            crate::swarm::merge::merge_files(&base, &joined, &banned),
+            "symmetric"
+        );
         let state = SwarmState::from_files(merged).unwrap();
         assert!(state.is_banned(&c.cert.id()) && !state.is_member(&c.cert.id()));
         assert!(state.is_banned_device(&c.device.id()));
@@ -1408,8 +1647,7 @@ mod signed_tests {
     fn ctx() -> Context<'static> {
         Context {
             conversation: Some(CommitId::from_bytes([1; 20])),
-            now_secs: NOW,
-            merge_base: None,
+            merged: None,
         }
     }
 
@@ -1439,17 +1677,24 @@ mod signed_tests {
         fn view(&mut self, _: &CommitId) -> Option<ParentView> {
             None
         }
-        fn merge_base_files(&mut self, _: &CommitId, _: &CommitId) -> Option<Arc<Files>> {
+        fn merged_state(&mut self, _: &[CommitId]) -> Option<Arc<SwarmState>> {
             None
         }
     }
 
     /// The initial commit and `n` signed text messages on it, oldest first.
     fn chain(n: u8) -> Vec<Candidate> {
+        chain_dated(&vec![NOW; usize::from(n)])
+    }
+
+    /// The initial commit and one signed text message per entry of
+    /// `times_secs` (its committer time), each on the one before, oldest first.
+    fn chain_dated(times_secs: &[i64]) -> Vec<Candidate> {
         let (key, cert) = account(1);
         let (dkey, _) = device(&key, &cert, 2);
         let mut commits = vec![initial()];
-        for i in 0..n {
+        for (i, time) in times_secs.iter().enumerate() {
+            let i = u8::try_from(i).expect("at most 255 messages");
             let parent = commits.last().map(|c| c.id).unwrap();
             let body = encode_body(
                 u64::from(i) + 1,
@@ -1460,7 +1705,7 @@ mod signed_tests {
                 },
             );
             let mut payload = format!(
-                "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nparent {parent}\nauthor a <d> {NOW} +0000\ncommitter a <d> {NOW} +0000\n\n"
+                "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nparent {parent}\nauthor a <d> {time} +0000\ncommitter a <d> {time} +0000\n\n"
             )
             .into_bytes();
             payload.extend_from_slice(&body);
@@ -1487,8 +1732,8 @@ mod signed_tests {
         let bad_id = commits[bad].id;
         let checks: Vec<SignatureCheck> = commits.iter().map(check_signature).collect();
         let verdicts = [
-            validate_batch(&commits, &mut NoHistory, Some(commits[0].id), NOW),
-            validate_batch_checked(&commits, &checks, &mut NoHistory, Some(commits[0].id), NOW),
+            validate_batch(&commits, &mut NoHistory, Some(commits[0].id)),
+            validate_batch_checked(&commits, &checks, &mut NoHistory, Some(commits[0].id)),
         ];
         for verdict in &verdicts {
             assert_eq!(
@@ -1520,25 +1765,165 @@ mod signed_tests {
         // Checks shifted by one: each names a different commit than its slot.
         let shifted: Vec<SignatureCheck> = commits[1..].iter().map(check_signature).collect();
         let verdict =
-            validate_batch_checked(&commits, &shifted, &mut NoHistory, Some(commits[0].id), NOW);
+            validate_batch_checked(&commits, &shifted, &mut NoHistory, Some(commits[0].id));
         assert_eq!(ids(&verdict).len(), forged);
         assert_eq!(
             verdict.rejected[0],
             Rejection::Format(commits[forged].id, CommitFormatError::BadSignature)
         );
         // Fewer checks than candidates: the rest are checked in the batch.
-        let verdict = validate_batch_checked(
-            &commits,
-            &shifted[..0],
-            &mut NoHistory,
-            Some(commits[0].id),
-            NOW,
-        );
+        let verdict =
+            validate_batch_checked(&commits, &shifted[..0], &mut NoHistory, Some(commits[0].id));
         assert_eq!(ids(&verdict).len(), forged);
     }
 
+    /// Accepted history that grows as batches are accepted: a replica that
+    /// receives a history in several fetches.
+    #[derive(Default)]
+    struct GrowingHistory(HashMap<CommitId, ParentView>);
+
+    impl History for GrowingHistory {
+        fn view(&mut self, id: &CommitId) -> Option<ParentView> {
+            self.0.get(id).cloned()
+        }
+        fn merged_state(&mut self, _: &[CommitId]) -> Option<Arc<SwarmState>> {
+            None
+        }
+    }
+
+    /// Seconds in a (365-day) year.
+    const YEAR_SECS: i64 = 365 * 24 * 3600;
+
+    /// Validates `commits` as a replica that receives them in fetches ending
+    /// at each of `cuts` (then the rest): the ids it accepts, and the first
+    /// rejection.
+    fn validate_in_fetches(
+        commits: &[Candidate],
+        cuts: &[usize],
+    ) -> (Vec<CommitId>, Option<Rejection>) {
+        let mut history = GrowingHistory::default();
+        let (mut accepted, mut first_rejection) = (Vec::new(), None);
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (commits.len() + 1)).collect();
+        ends.push(commits.len());
+        ends.sort_unstable();
+        let mut start = 0;
+        for end in ends {
+            let verdict = validate_batch(&commits[start..end], &mut history, Some(commits[0].id));
+            for a in verdict.accepted {
+                accepted.push(a.id);
+                history.0.insert(a.id, a.view());
+            }
+            if first_rejection.is_none() {
+                first_rejection = verdict.rejected.into_iter().next();
+            }
+            start = end;
+        }
+        (accepted, first_rejection)
+    }
+
+    #[test]
+    fn an_author_dates_its_commits_inside_its_certificates_and_after_its_parents() {
+        let (key, cert) = account(1);
+        let (_, dcert) = device(&key, &cert, 2);
+        let at =
+            |now, parents: &[i64]| authored_time_secs(now, parents.iter().copied(), &dcert, &cert);
+        let (not_before, day, lead) = (NOW - 3_600, 86_400, COMMIT_TIME_LEAD_SECS_MAX);
+        let not_after = NOW + 10 * YEAR_SECS;
+        // One row per case: the author's clock, its parents' times, the time it writes.
+        let rows: [(&str, i64, &[i64], i64); 9] = [
+            ("a correct clock is kept", NOW, &[NOW - 60], NOW),
+            (
+                "a root has no parent to follow",
+                NOW + 1_200,
+                &[],
+                NOW + 1_200,
+            ),
+            ("a fast clock is kept", NOW + 1_200, &[NOW], NOW + 1_200),
+            (
+                "a clock a day behind its certificates",
+                NOW - day,
+                &[],
+                not_before,
+            ),
+            ("just before notBefore", not_before - 1, &[], not_before),
+            (
+                "a parent 20 min ahead is followed",
+                NOW,
+                &[NOW + 1_200, NOW],
+                NOW + 1_200,
+            ),
+            (
+                "a clock a day slow follows its parent",
+                NOW - day,
+                &[NOW],
+                NOW,
+            ),
+            (
+                "a parent years ahead, only so far",
+                NOW,
+                &[NOW + 5 * YEAR_SECS],
+                NOW + lead,
+            ),
+            (
+                "never past notAfter",
+                not_after - 10,
+                &[not_after + day],
+                not_after,
+            ),
+        ];
+        for (name, now, parents, expected) in rows {
+            assert_eq!(at(now, parents), expected, "{name}");
+        }
+        // The clamped time passes rule 9; the raw one would not.
+        let verdict = |c: &[Candidate]| validate_batch(c, &mut NoHistory, Some(c[0].id));
+        let slow = chain_dated(&[NOW - day]);
+        assert!(matches!(
+            verdict(&slow).rejected.as_slice(),
+            [Rejection::DeviceNotCurrent { .. }]
+        ));
+        let clamped = chain_dated(&[at(NOW - day, &[NOW])]);
+        assert_eq!(ids(&verdict(&clamped)).len(), 2);
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        /// Validation takes no clock, so its verdicts are the history's own:
+        /// commits dated anywhere inside their signer's certificates (years
+        /// ahead of any clock, or before their parents) are accepted; a
+        /// commit dated outside them is refused with its descendants; and a
+        /// replica that gets the history in any number of fetches, at any
+        /// moment, reaches exactly those verdicts.
+        #[test]
+        fn verdicts_depend_on_the_history_alone(
+            offsets in prop::collection::vec(
+                prop_oneof![
+                    8 => -3_600i64..10 * YEAR_SECS,
+                    1 => -YEAR_SECS..-3_600i64,
+                    1 => 10 * YEAR_SECS + 1..11 * YEAR_SECS,
+                ],
+                1..10,
+            ),
+            cuts in prop::collection::vec(any::<usize>(), 0..4),
+        ) {
+            let times: Vec<i64> = offsets.iter().map(|o| NOW + o).collect();
+            let commits = chain_dated(&times);
+            // The certificates of `initial`'s signer: notBefore NOW - 1 h,
+            // the device's notAfter NOW + 10 years (the account's is later).
+            let inside = |t: i64| (NOW - 3_600..=NOW + 10 * YEAR_SECS).contains(&t);
+            let valid_prefix = times.iter().take_while(|t| inside(**t)).count();
+            let expected: Vec<CommitId> = commits[..=valid_prefix].iter().map(|c| c.id).collect();
+            let whole = validate_batch(&commits, &mut NoHistory, Some(commits[0].id));
+            prop_assert_eq!(ids(&whole), expected.clone());
+            let first_refused = commits.get(valid_prefix + 1).map(|c| c.id);
+            let expected_rejection = first_refused
+                .map(|commit| Rejection::DeviceNotCurrent { commit, device: whole.accepted[0].author.device_id });
+            prop_assert_eq!(whole.rejected.first().cloned(), expected_rejection.clone());
+            prop_assert_eq!(whole.rejected.len(), commits.len() - expected.len());
+            let (accepted, first) = validate_in_fetches(&commits, &cuts);
+            prop_assert_eq!(accepted, expected);
+            prop_assert_eq!(first, expected_rejection);
+        }
+
         /// Any change to a signed payload is refused, never panics.
         #[test]
         fn any_payload_mutation_is_rejected(index in any::<prop::sample::Index>(), bit in 0u8..8) {
