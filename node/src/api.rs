@@ -491,7 +491,18 @@ fn base_openapi_document() -> serde_json::Value {
                             "device_id": { "type": "string" }, "revoked": { "type": "boolean" }, "this_device": { "type": "boolean" } } } },
                         "api": { "type": "string", "format": "uri" },
                         "listen": { "type": "string", "description": "QUIC address, host:port" },
-                        "pid": { "type": "integer" }
+                        "pid": { "type": "integer" },
+                        "clock": { "type": ["object", "null"], "description": "this device's clock against its connected peers'", "properties": {
+                            "offset_seconds": { "type": ["integer", "null"], "description": "this clock minus the peers' median, seconds; null before any peer sent a reading" },
+                            "peers": { "type": "integer" },
+                            "warning": { "type": ["string", "null"], "description": "set when the offset is past 2 minutes" } } },
+                        "conversations_unhealthy": { "type": "array", "description": "conversations whose writes (or opening) fail; each is probed with back-off until it writes again", "items": { "type": "object",
+                            "required": ["conversation", "reason", "detail", "since", "loaded"], "properties": {
+                            "conversation": { "type": ["string", "null"], "pattern": "^[0-9a-f]{40}$" },
+                            "reason": { "type": "string", "enum": ["locked", "io", "damaged", "format"] },
+                            "detail": { "type": "string" },
+                            "since": { "type": "integer", "description": "seconds since the Unix epoch" },
+                            "loaded": { "type": "boolean", "description": "false while it could not be loaded at all (not listed in /v1/swarms)" } } } }
                     }
                 },
                 "Message": {
@@ -530,7 +541,7 @@ fn base_openapi_document() -> serde_json::Value {
                 "post": { "summary": "Create a conversation",
                     "requestBody": body(json!({ "type": "object", "properties": { "title": { "type": "string" }, "mode": { "type": "string", "enum": ["one-to-one", "admin-invites-only", "invites-only", "public"] } } })),
                     "responses": { "201": ok("{id}"), "400": error, "401": error } },
-                "get": { "summary": "List conversations", "responses": { "200": ok("[{id, head, members}]"), "401": error } } },
+                "get": { "summary": "List conversations", "responses": { "200": ok("[{id, tips, members, title}]"), "401": error } } },
             "/v1/invites": { "get": { "summary": "Invitations received and not yet accepted",
                 "responses": { "200": ok("[{conversation, title, from}]"), "401": error } } },
             "/v1/swarms/{id}/invites": { "post": { "summary": "Invite an account",

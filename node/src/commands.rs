@@ -92,7 +92,7 @@ pub fn account_create(ctx: &Context, display_name: &str) -> anyhow::Result<()> {
 }
 
 pub fn account_show(ctx: &Context) -> anyhow::Result<()> {
-    let account = ctx.data_dir.load(SystemTime::now())?;
+    let account = ctx.data_dir.load()?;
     let devices = account.devices();
     let mut value = identity_json(ctx, &account);
     value["crl_number"] = json!(account.crl.number());
@@ -135,7 +135,7 @@ fn hex_string(bytes: &[u8]) -> String {
 }
 
 pub fn account_certs(ctx: &Context, out: &Path) -> anyhow::Result<()> {
-    let account = ctx.data_dir.load(SystemTime::now())?;
+    let account = ctx.data_dir.load()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let files = [
         ("account.crt.pem", account.account_cert.to_pem()),
@@ -160,7 +160,7 @@ pub fn account_certs(ctx: &Context, out: &Path) -> anyhow::Result<()> {
 }
 
 pub fn account_export(ctx: &Context, out: &Path, password: &str) -> anyhow::Result<()> {
-    let account = ctx.data_dir.load(SystemTime::now())?;
+    let account = ctx.data_dir.load()?;
     if out.exists() {
         bail!(
             "{} already exists; export never overwrites a file",
@@ -210,7 +210,7 @@ pub fn account_import(ctx: &Context, file: &Path, password: &str) -> anyhow::Res
 
 pub fn device_revoke(ctx: &Context, device_id: &str) -> anyhow::Result<()> {
     let device_id: DeviceId = device_id.parse().context("DEVICE_ID")?;
-    let mut account = ctx.data_dir.load(SystemTime::now())?;
+    let mut account = ctx.data_dir.load()?;
     let crl = account.revocation_of(device_id, SystemTime::now())?;
     ctx.data_dir.store_crl(&crl)?;
     account.adopt_crl(crl)?;
@@ -273,16 +273,44 @@ pub fn status(ctx: &Context) -> anyhow::Result<()> {
     let status = client.get("/v1/status")?;
     ctx.print(status.clone(), || {
         format!(
-            "account       {}\ndisplay name  {}\nthis device   {}\napi           {}\nlisten        {}\npid           {}",
+            "account       {}\ndisplay name  {}\nthis device   {}\napi           {}\nlisten        {}\npid           {}\nclock         {}",
             status["account_id"].as_str().unwrap_or("?"),
             status["display_name"].as_str().unwrap_or("?"),
             status["device_id"].as_str().unwrap_or("?"),
             status["api"].as_str().unwrap_or("?"),
             status["listen"].as_str().unwrap_or("?"),
             status["pid"],
-        )
+            clock_line(&status["clock"]),
+        ) + &unhealthy_lines(&status["conversations_unhealthy"])
     });
     Ok(())
+}
+
+/// One `status` line per conversation that cannot write.
+fn unhealthy_lines(list: &serde_json::Value) -> String {
+    let mut lines = String::new();
+    for item in list.as_array().into_iter().flatten() {
+        lines.push_str(&format!(
+            "\nWARNING: conversation {} cannot write ({}): {}",
+            item["conversation"].as_str().unwrap_or("?"),
+            item["reason"].as_str().unwrap_or("?"),
+            item["detail"].as_str().unwrap_or("")
+        ));
+    }
+    lines
+}
+
+/// The `clock` line of `status`: the warning when there is one.
+fn clock_line(clock: &serde_json::Value) -> String {
+    if let Some(warning) = clock["warning"].as_str() {
+        return format!("WARNING: {warning}");
+    }
+    match (clock["offset_seconds"].as_i64(), clock["peers"].as_u64()) {
+        (Some(offset), Some(peers)) => {
+            format!("{offset:+} s against the median of {peers} connected peer(s)")
+        }
+        _ => "no connected peer has sent a clock reading yet".to_owned(),
+    }
 }
 
 /// Standard input and output as one stream.

@@ -14,7 +14,6 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use actix::Actor;
 use actix_web::dev::Service;
@@ -94,7 +93,10 @@ pub fn up(root: PathBuf, config: Config) -> anyhow::Result<()> {
     let data_dir = DataDir::new(root.clone());
     data_dir.ensure_root()?;
     let _lock = lock(&root)?;
-    let identity = data_dir.load(SystemTime::now())?;
+    for leftover in data_dir.remove_leftovers()? {
+        tracing::warn!(file = %leftover.display(), "removed a file a crash left behind");
+    }
+    let identity = data_dir.load()?;
     let mut token_bytes = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut token_bytes);
     let token = hex::encode(token_bytes);

@@ -150,7 +150,7 @@ pub fn openapi_schemas() -> Vec<(&'static str, serde_json::Value)> {
         json!({ "oneOf": [
             { "type": "object", "title": "message", "required": ["type", "conversation", "id", "author", "timestamp", "kind", "body"], "properties": {
                 "type": kind("message"), "conversation": hex40, "id": hex40, "author": nullable_hex64,
-                "timestamp": { "type": "integer", "description": "committer time, seconds since the Unix epoch" },
+                "timestamp": { "type": "integer", "description": "display time (committer time, no earlier than its parents'), seconds since the Unix epoch" },
                 "kind": { "type": "string", "enum": ["text", "reply", "edit", "delete", "reaction"] },
                 "body": { "type": "string", "description": "text; new text for edit; empty for delete; the reaction for reaction" },
                 "reply_to": hex40, "target": hex40 } },
@@ -160,16 +160,30 @@ pub fn openapi_schemas() -> Vec<(&'static str, serde_json::Value)> {
                 "by": nullable_hex64, "timestamp": { "type": "integer" } } },
             { "type": "object", "title": "profile", "required": ["type", "conversation", "id", "by"], "properties": {
                 "type": kind("profile"), "conversation": hex40, "id": hex40, "by": nullable_hex64 } },
-            { "type": "object", "title": "sync", "required": ["type", "conversation", "head", "peer", "state", "accepted"], "properties": {
-                "type": kind("sync"), "conversation": hex40, "head": hex40, "peer": hex64,
+            { "type": "object", "title": "sync", "required": ["type", "conversation", "tips", "peer", "state", "accepted"], "properties": {
+                "type": kind("sync"), "conversation": hex40, "tips": { "type": "array", "items": hex40 }, "peer": hex64,
                 "state": { "type": "string", "enum": ["fetched", "failed"] }, "accepted": { "type": "integer" } } },
             { "type": "object", "title": "connection", "required": ["type", "device_id", "account_id", "state"], "properties": {
                 "type": kind("connection"), "device_id": hex64, "account_id": hex64,
                 "state": { "type": "string", "enum": ["up", "down"] } } },
+            { "type": "object", "title": "rejected", "required": ["type", "conversation", "id", "peer", "reason", "detail"], "properties": {
+                "type": kind("rejected"), "conversation": hex40, "id": hex40, "peer": hex64,
+                "reason": { "type": "string", "description": "a validation reason name (PROTOCOL.md §9.6), or other" },
+                "detail": { "type": "string", "description": "the peer's sentence, for display" } } },
+            { "type": "object", "title": "clock", "required": ["type", "offset_seconds", "peers", "state"], "properties": {
+                "type": kind("clock"),
+                "offset_seconds": { "type": "integer", "description": "this device's clock minus its connected peers' (median), seconds" },
+                "peers": { "type": "integer" },
+                "state": { "type": "string", "enum": ["skewed", "ok"], "description": "past the 2-minute threshold, or back within it" } } },
+            { "type": "object", "title": "health", "required": ["type", "conversation", "state", "detail"], "properties": {
+                "type": kind("health"), "conversation": hex40,
+                "state": { "type": "string", "enum": ["unhealthy", "healthy"], "description": "the conversation's writes fail (it is probed with back-off), or work again" },
+                "reason": { "type": "string", "enum": ["locked", "io", "damaged", "format"], "description": "why it cannot write (unhealthy only)" },
+                "detail": { "type": "string", "description": "the error, for display" } } },
             { "type": "object", "title": "lagged", "required": ["type", "dropped"], "properties": {
                 "type": kind("lagged"), "dropped": { "type": "integer", "description": "events this subscriber lost" } } },
             { "type": "object", "title": "omitted", "required": ["type", "conversation", "omitted"], "properties": {
-                "type": kind("omitted"), "conversation": hex40, "omitted": { "type": "integer", "description": "commits of one head move not described" } } }
+                "type": kind("omitted"), "conversation": hex40, "omitted": { "type": "integer", "description": "commits of one move of the tips not described" } } }
         ] }),
     )]
 }

@@ -102,11 +102,14 @@ fn describe(event: &Value) -> String {
         ),
         "profile" => format!("{conversation} profile changed by {}", short(&event["by"])),
         "sync" => format!(
-            "{conversation} sync from {}: {} ({} commits), head {}",
+            "{conversation} sync from {}: {} ({} commits), tips {}",
             short(&event["peer"]),
             event["state"].as_str().unwrap_or("?"),
             event["accepted"],
-            short(&event["head"])
+            event["tips"]
+                .as_array()
+                .map(|tips| tips.iter().map(short).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
         ),
         "connection" => format!(
             "peer {} (account {}) {}",
@@ -114,6 +117,31 @@ fn describe(event: &Value) -> String {
             short(&event["account_id"]),
             event["state"].as_str().unwrap_or("?")
         ),
+        "rejected" => format!(
+            "{conversation} REFUSED by peer {}: our commit {} ({}): {}",
+            short(&event["peer"]),
+            short(&event["id"]),
+            event["reason"].as_str().unwrap_or("?"),
+            event["detail"].as_str().unwrap_or("")
+        ),
+        "clock" => match event["state"].as_str() {
+            Some("skewed") => format!(
+                "clock: this device's clock is off by {} s against {} peer(s)",
+                event["offset_seconds"], event["peers"]
+            ),
+            _ => format!(
+                "clock: back in step ({} s against {} peer(s))",
+                event["offset_seconds"], event["peers"]
+            ),
+        },
+        "health" => match event["state"].as_str() {
+            Some("unhealthy") => format!(
+                "{conversation} CANNOT WRITE ({}): {}",
+                event["reason"].as_str().unwrap_or("?"),
+                event["detail"].as_str().unwrap_or("")
+            ),
+            _ => format!("{conversation} writes again"),
+        },
         "lagged" => format!(
             "lagged: {} events lost (reading too slowly)",
             event["dropped"]

@@ -17,6 +17,32 @@ use super::{json, read_token, sigterm_and_wait, starling, wait_for_run};
 /// hanging it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The library of Debian's `faketime` package (its thread-safe variant when
+/// installed), if it is. Tests preload it themselves rather than run the
+/// `faketime` wrapper, which forks: the daemon's pid would not be the
+/// child's, and SIGTERM to the wrapper would not reach the daemon.
+pub fn libfaketime() -> Option<PathBuf> {
+    let mut dirs = vec![PathBuf::from("/usr/lib/faketime")];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(entries.flatten().map(|e| e.path().join("faketime")));
+    }
+    ["libfaketimeMT.so.1", "libfaketime.so.1"]
+        .iter()
+        .flat_map(|name| dirs.iter().map(move |dir| dir.join(name)))
+        .find(|path| path.is_file())
+}
+
+/// The environment that makes a process's wall clock run `offset` (e.g.
+/// `+20m`, `-1d`) from the machine's: only the wall clock, as on a device
+/// whose clock is wrong; monotonic clocks stay true.
+pub fn faketime_env(library: &Path, offset: &str) -> Vec<(String, String)> {
+    vec![
+        ("LD_PRELOAD".into(), library.display().to_string()),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
 /// A UDP port free right now on loopback (the daemon binds it a moment later).
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -41,6 +67,10 @@ pub struct Node {
     /// The network namespace its processes run in (`ip netns exec`); `None`
     /// for the host's loopback.
     pub netns: Option<String>,
+    /// A wall-clock offset its processes run with, in libfaketime's syntax
+    /// (`+20m`, `-1d`; see [`libfaketime`]); `None` for the machine's clock.
+    /// The account is created before, with the real clock.
+    pub faketime: Option<String>,
     /// Base URL of the API and its bearer token, as of the last start.
     pub api: String,
     pub token: String,
@@ -74,6 +104,7 @@ impl Node {
             device_id: shown["device_id"].as_str().unwrap().to_owned(),
             listen,
             netns,
+            faketime: None,
             api: String::new(),
             token: String::new(),
             child: None,
@@ -85,8 +116,9 @@ impl Node {
         format!("{}@{}", self.account_id, self.listen)
     }
 
-    /// `starling --data-dir DIR`, in the node's namespace if it has one, with
-    /// no ambient configuration from the environment the tests run in.
+    /// `starling --data-dir DIR`, in the node's namespace if it has one and
+    /// under its fake clock if it has one, with no ambient configuration from
+    /// the environment the tests run in.
     fn command(&self) -> Command {
         let starling = env!("CARGO_BIN_EXE_starling");
         let mut command = match &self.netns {
@@ -97,6 +129,10 @@ impl Node {
             }
             None => Command::new(starling),
         };
+        if let Some(offset) = &self.faketime {
+            let library = libfaketime().expect("a node with a fake clock needs libfaketime");
+            command.envs(faketime_env(&library, offset));
+        }
         command.arg("--data-dir").arg(&self.dir);
         for variable in [
             "STARLING_DATA_DIR",
@@ -162,6 +198,14 @@ impl Node {
         assert!(status.success(), "{} exited with {status}", self.name);
     }
 
+    /// Kills the daemon with SIGKILL, as a crash or an OOM killer would,
+    /// and reaps it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL is sent");
+        child.wait().expect("the killed daemon is reaped");
+    }
+
     /// Runs `starling --json ARGS…`: its JSON output, or its stderr if it
     /// failed, for tests of what the CLI refuses.
     pub fn try_cli(&self, args: &[&str]) -> Result<Value, String> {
@@ -176,6 +220,19 @@ impl Node {
         } else {
             Err(String::from_utf8_lossy(&output.stderr).into_owned())
         }
+    }
+
+    /// Runs `starling ARGS…` for its text output (what a person reads),
+    /// which must succeed.
+    pub fn cli_text(&self, args: &[&str]) -> String {
+        let output = self.command().args(args).output().expect("starling runs");
+        assert!(
+            output.status.success(),
+            "{} {args:?}: {}",
+            self.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("text output is UTF-8")
     }
 
     /// Runs `starling --json ARGS…`, which must succeed.

@@ -4,8 +4,10 @@
 //! The [`EventBus`] is owned by the account's swarm state; the account
 //! publishes to it when a head moves (a commit authored here, or commits
 //! accepted from a fetch: each new message, member change and profile change
-//! becomes an event), when a fetch ends (a `sync` event) and when a
-//! connection to a peer device goes up or down. Subscribers hold an
+//! becomes an event), when a fetch ends (a `sync` event), when a
+//! connection to a peer device goes up or down, when its clock estimate
+//! crosses the warning threshold (a `clock` event), and when a peer reports
+//! refusing a commit this device wrote (a `rejected` event). Subscribers hold an
 //! [`EventSubscription`].
 //!
 //! Bounded: the bus is a `tokio::sync::broadcast` ring of
@@ -68,6 +70,26 @@ pub enum SyncState {
     Failed,
 }
 
+/// Whether this device's clock is off (see `super::clock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockState {
+    /// More than the warning threshold from its peers'.
+    Skewed,
+    /// Within it again (or no peer left to compare with).
+    Ok,
+}
+
+/// Whether a conversation can write (see `super::conversation_health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Its writes (or its opening) fail; it is probed until they work.
+    Unhealthy,
+    /// It writes again.
+    Healthy,
+}
+
 /// One event of the stream, serialized with a snake_case `type`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -80,7 +102,8 @@ pub enum Event {
         id: CommitId,
         /// The author's account, when known.
         author: Option<AccountId>,
-        /// Committer time, seconds since the Unix epoch.
+        /// Display time (committer time, no earlier than its parents'),
+        /// seconds since the Unix epoch.
         timestamp: i64,
         /// What it does.
         kind: MessageKind,
@@ -106,7 +129,8 @@ pub enum Event {
         action: &'static str,
         /// Who made it.
         by: Option<AccountId>,
-        /// Committer time, seconds since the Unix epoch.
+        /// Display time (committer time, no earlier than its parents'),
+        /// seconds since the Unix epoch.
         timestamp: i64,
     },
     /// The conversation profile changed.
@@ -122,8 +146,8 @@ pub enum Event {
     Sync {
         /// The conversation.
         conversation: CommitId,
-        /// Our head afterwards.
-        head: CommitId,
+        /// Our tips afterwards.
+        tips: Vec<CommitId>,
         /// The device fetched from.
         peer: DeviceId,
         /// How it ended.
@@ -139,6 +163,42 @@ pub enum Event {
         account_id: AccountId,
         /// Up or down.
         state: ConnectionState,
+    },
+    /// A peer refuses a commit this device wrote: it will not reach that
+    /// peer (nor, through it, others).
+    Rejected {
+        /// The conversation.
+        conversation: CommitId,
+        /// The refused commit.
+        id: CommitId,
+        /// The device that refuses it.
+        peer: DeviceId,
+        /// Why, as a rejection reason name (`other` for one this version
+        /// does not know).
+        reason: &'static str,
+        /// The peer's sentence (display only).
+        detail: String,
+    },
+    /// This device's clock crossed the warning threshold, either way.
+    Clock {
+        /// Our clock minus the median of our peers', in whole seconds.
+        offset_seconds: i64,
+        /// Peers the estimate rests on.
+        peers: usize,
+        /// Past the threshold, or back within it.
+        state: ClockState,
+    },
+    /// A conversation stopped or started being able to write.
+    Health {
+        /// The conversation.
+        conversation: CommitId,
+        /// Unhealthy or healthy again.
+        state: HealthState,
+        /// Why it cannot write (`locked`, `io`, `damaged`, `format`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+        /// The error, for people (empty once healthy).
+        detail: String,
     },
     /// This subscriber fell behind and `dropped` events were lost to it.
     Lagged {

@@ -8,12 +8,19 @@
 //! requests and blocks; [`discovered`] what the account does with discovery
 //! hints; [`events`] is the account's event stream; [`swarm_ops`] holds the
 //! requests that edit, react, ban and page (built on `swarms`);
-//! [`channel_io`] moves the bytes.
+//! [`channel_io`] moves the bytes; [`conversation_health`] shows and
+//! retries conversations that cannot write; [`clock`] estimates this device's clock
+//! offset from its peers' and warns when it is off; [`rejections`] tells
+//! peers which of their commits we refuse, and records what peers refuse
+//! of ours.
 
 pub mod channel_io;
+pub mod clock;
 pub mod contacts;
+pub mod conversation_health;
 pub mod discovered;
 pub mod events;
+pub mod rejections;
 pub mod swarm_ops;
 pub mod swarms;
 
@@ -95,6 +102,10 @@ pub struct AccountStatus {
     pub crl_number: u64,
     /// Every known device.
     pub devices: Vec<KnownDeviceStatus>,
+    /// This device's clock against its peers' (`None` without swarm sync).
+    pub clock: Option<clock::ClockStatus>,
+    /// Conversations that cannot write right now.
+    pub conversations_unhealthy: Vec<conversation_health::UnhealthyConversation>,
 }
 
 /// One known device in [`AccountStatus`].
@@ -127,6 +138,12 @@ impl Handler<GetStatus> for Account {
                     this_device: d.this_device,
                 })
                 .collect(),
+            clock: self.swarms.as_ref().map(|sw| sw.clock.status()),
+            conversations_unhealthy: self
+                .swarms
+                .as_ref()
+                .map(|sw| sw.health.list())
+                .unwrap_or_default(),
         })
     }
 }

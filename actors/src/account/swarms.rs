@@ -8,17 +8,17 @@
 //! heads.
 //!
 //! Sync, as specified in `docs/PROTOCOL.md` §10:
-//! - every new head (authored, merged or fetched) is announced in a `heads`
-//!   frame on a fresh `swarm/<id>` channel to each connected member device,
-//!   once per head; a durable batch of authored commits is announced as
-//!   `heads_pack`, carrying the batch's pack, so receivers that hold the
-//!   parent validate and merge it without a fetch (and fetch otherwise);
-//! - on every connection up, and every [`ANTI_ENTROPY_INTERVAL`], heads are
+//! - every change of the tips (authored or fetched) is announced in a
+//!   `heads` frame on a fresh `swarm/<id>` channel to each connected member
+//!   device, once per tip set; a durable batch of authored commits is
+//!   announced as `heads_pack`, carrying the batch's pack, so receivers that
+//!   hold its bases validate it without a fetch (and fetch otherwise);
+//! - on every connection up, and every [`ANTI_ENTROPY_INTERVAL`], tips are
 //!   announced again (anti-entropy), so a device that was offline catches up
 //!   from any member device;
-//! - an announcement of a head we lack goes to the scheduler, which picks one
-//!   peer per head; the fetch runs libgit2 over `git/<id>` into the
-//!   quarantine ref of that peer, and the conversation validates and merges;
+//! - an announcement of a tip we lack goes to the scheduler, which picks one
+//!   peer per tip; the fetch runs libgit2 over `git/<id>` into the
+//!   quarantine refs of that peer, and the conversation validates and adds;
 //! - an invitation is authored into the repository and told, in an `invite`
 //!   frame, to the invitee's connected devices (again on every connection
 //!   up); the invitee joins by cloning over `git/<id>` from a device that
@@ -39,22 +39,26 @@ use actix::prelude::*;
 use starling_protocol::channel::{ChannelName, ChannelPattern};
 use starling_protocol::fetch_schedule::{FetchScheduler, StartFetch};
 use starling_protocol::swarm::body::{BodyKind, MemberAction, Mode};
-use starling_protocol::swarm::gossip::{SwarmFrame, INVITE_TITLE_BYTES_MAX};
+use starling_protocol::swarm::gossip::{SwarmFrame, ANNOUNCED_HEADS_MAX, INVITE_TITLE_BYTES_MAX};
 use starling_protocol::swarm::ids::CommitId;
 use starling_protocol::swarm::limits::TEXT_BYTES_MAX;
 use starling_protocol::{AccountId, AccountIdentity, DeviceId, VerifiedDevice};
 
 use super::channel_io::{fetch_git_watched, receive_frame, send_frame_with, serve_git};
+use super::clock::ClockWatch;
+use super::conversation_health::ConversationHealth;
 use super::events::{ConnectionState, Event, EventBus, SyncState};
+use super::rejections::{rejections_reported, tell_rejections, RejectionNotices};
 use super::Account;
 use crate::conversation::actor::{
     AllowedSigners, Author, BatchDurable, GetView, Holds, ListMessages, ReceivePack,
     ReceiveQuarantined, Received,
 };
 use crate::conversation::history::DescribeHeadMove;
+use crate::conversation::recovery::Scope;
 use crate::conversation::{
-    BatchPack, Conversation, ConversationError, DeviceSigner, MessageItem, Role, Store, StoreError,
-    SwarmMetrics, SwarmView,
+    BatchPack, Conversation, ConversationError, DeviceSigner, HealthChanged, Listeners,
+    MessageItem, Role, Store, StoreError, SwarmMetrics, SwarmView,
 };
 use crate::git_wire::client::FetchWatch;
 use crate::transport::{
@@ -179,10 +183,10 @@ struct SwarmEntry {
     view: SwarmView,
     path: PathBuf,
     scheduler: FetchScheduler<DeviceId, CommitId>,
-    /// The last head announced to connected members, and whether its pack
-    /// went along (each head once, or twice when the pack came later;
+    /// The last tips announced to connected members, and whether a pack
+    /// went along (each tip set once, or twice when the pack came later;
     /// anti-entropy and connection-up repeat it regardless).
-    announced: Option<(CommitId, bool)>,
+    announced: Option<(Vec<CommitId>, bool)>,
     /// Announcements waiting out [`ANNOUNCED_HEAD_GRACE`].
     announcements_waiting: usize,
 }
@@ -197,7 +201,7 @@ struct Invitation {
 pub struct Swarms {
     transport: Addr<Transport>,
     dir: PathBuf,
-    metrics: SwarmMetrics,
+    pub(super) metrics: SwarmMetrics,
     signer: DeviceSigner,
     local_device: DeviceId,
     registry: HashMap<CommitId, SwarmEntry>,
@@ -209,10 +213,17 @@ pub struct Swarms {
     joining_packs: HashMap<CommitId, Arc<BatchPack>>,
     invitations: BTreeMap<CommitId, Invitation>,
     connected: BTreeMap<DeviceId, VerifiedDevice>,
-    /// The account, told of every durable batch (set when it starts).
-    batch_listener: Option<Recipient<BatchDurable>>,
+    /// The account, told of every durable batch and health change (set
+    /// when it starts).
+    listeners: Option<Listeners>,
+    /// Conversations that cannot write.
+    pub(super) health: ConversationHealth,
     /// The account's event stream (`/v1/events`).
     pub(super) events: EventBus,
+    /// This device's clock against its peers'.
+    pub(super) clock: ClockWatch,
+    /// Limits on telling and hearing of refused commits.
+    pub(super) notices: RejectionNotices,
     tuning: SyncTuning,
 }
 
@@ -233,6 +244,8 @@ impl Swarms {
             transport: config.transport,
             dir: config.dir,
             events: EventBus::new(config.metrics.events.clone()),
+            clock: ClockWatch::new(config.metrics.clock.clone()),
+            notices: RejectionNotices::new(config.metrics.rejections.clone()),
             metrics: config.metrics,
             signer,
             local_device: identity.device_id(),
@@ -241,7 +254,8 @@ impl Swarms {
             joining_packs: HashMap::new(),
             invitations: BTreeMap::new(),
             connected: BTreeMap::new(),
-            batch_listener: None,
+            listeners: None,
+            health: ConversationHealth::default(),
             tuning,
         })
     }
@@ -255,13 +269,32 @@ impl Swarms {
         self.dir.join(format!("{}.git", id.to_hex()))
     }
 
-    fn start_conversation(&self, path: PathBuf) -> Addr<Conversation> {
-        match &self.batch_listener {
-            Some(listener) => Conversation::start_with_listener(
+    /// The actor of the conversation stored at `path`, if it is loaded.
+    pub(super) fn addr_by_path(&self, path: &Path) -> Option<Addr<Conversation>> {
+        self.registry
+            .values()
+            .find(|e| e.path == path)
+            .map(|e| e.addr.clone())
+    }
+
+    /// Adds a conversation that loaded late (after a failed startup load).
+    pub(super) fn insert_loaded(
+        &mut self,
+        addr: Addr<Conversation>,
+        view: SwarmView,
+        path: PathBuf,
+    ) {
+        self.insert(addr, view, path);
+    }
+
+    fn start_conversation(&self, path: PathBuf, first_open: Scope) -> Addr<Conversation> {
+        match &self.listeners {
+            Some(listeners) => Conversation::start_with_listener(
                 path,
                 self.signer.clone(),
                 self.metrics.clone(),
-                listener.clone(),
+                listeners.clone(),
+                first_open,
             ),
             None => {
                 Conversation::start_on_own_thread(path, self.signer.clone(), self.metrics.clone())
@@ -288,7 +321,7 @@ impl Swarms {
     }
 
     /// Sends `frame` on a fresh `swarm/<id>` channel to `peer`, in the background.
-    fn tell(&self, peer: DeviceId, conversation: CommitId, frame: SwarmFrame) {
+    pub(super) fn tell(&self, peer: DeviceId, conversation: CommitId, frame: SwarmFrame) {
         self.tell_with(peer, conversation, frame, None)
     }
 
@@ -321,16 +354,16 @@ impl Swarms {
         });
     }
 
-    /// Announces `conversation`'s head to its connected member devices,
-    /// unless that head was announced already.
+    /// Announces `conversation`'s tips to its connected member devices,
+    /// unless they were announced already.
     fn announce(&mut self, conversation: &CommitId) {
         self.announce_with(conversation, None, false, None)
     }
 
-    /// Announces the head: with `pack` (the objects that made it, from the
-    /// pack's base) as `heads_pack`, else as `heads`; with `again`, even if
-    /// this head was announced before (anti-entropy); not to `holder`, a
-    /// device known to hold the head.
+    /// Announces the tips: with `pack` (the objects that made them, from the
+    /// pack's bases) as `heads_pack`, else as `heads`; with `again`, even if
+    /// these tips were announced before (anti-entropy); not to `holder`, a
+    /// device known to hold them.
     fn announce_with(
         &mut self,
         conversation: &CommitId,
@@ -344,25 +377,27 @@ impl Swarms {
         let Some(entry) = self.registry.get_mut(conversation) else {
             return;
         };
-        let head = entry.view.head;
-        // The pack goes along only when it makes exactly the announced head.
-        let pack = pack.filter(|p| p.tip == head);
+        let tips = entry.view.tips.clone();
+        // The pack goes along only when it makes exactly the announced tips.
+        let pack = pack.filter(|p| tips == [p.tip] && p.bases.len() <= ANNOUNCED_HEADS_MAX);
         let with_pack = pack.is_some();
         if !again
             && entry
                 .announced
-                .is_some_and(|(h, packed)| h == head && (packed || !with_pack))
+                .as_ref()
+                .is_some_and(|(t, packed)| *t == tips && (*packed || !with_pack))
         {
             return;
         }
-        entry.announced = Some((head, with_pack));
+        entry.announced = Some((tips.clone(), with_pack));
+        let heads = announced_heads(&tips);
         let frame = match &pack {
             Some(pack) => SwarmFrame::HeadsPack {
-                heads: vec![head],
-                base: pack.base,
+                heads,
+                bases: pack.bases.clone(),
                 pack_bytes: pack.bytes.len(),
             },
-            None => SwarmFrame::Heads { heads: vec![head] },
+            None => SwarmFrame::Heads { heads },
         };
         let entry = &self.registry[conversation];
         for device in &entry.view.member_devices {
@@ -394,6 +429,13 @@ impl Swarms {
     }
 }
 
+/// The tips an announcement names: all of them, or past the frame's bound
+/// the greatest ids (a fetch brings every tip anyway).
+fn announced_heads(tips: &[CommitId]) -> Vec<CommitId> {
+    let skip = tips.len().saturating_sub(ANNOUNCED_HEADS_MAX);
+    tips[skip..].to_vec()
+}
+
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -410,8 +452,12 @@ pub(super) fn swarms(account: &mut Account) -> Result<&mut Swarms, SwarmError> {
 /// anti-entropy.
 pub(super) fn start(account: &mut Account, ctx: &mut Context<Account>) {
     if let Some(sw) = account.swarms.as_mut() {
-        sw.batch_listener = Some(ctx.address().recipient::<BatchDurable>());
+        sw.listeners = Some(Listeners {
+            batches: ctx.address().recipient::<BatchDurable>(),
+            health: ctx.address().recipient::<HealthChanged>(),
+        });
     }
+    super::conversation_health::start(ctx);
     let Some(sw) = account.swarms.as_ref() else {
         return;
     };
@@ -495,20 +541,34 @@ pub(super) fn start(account: &mut Account, ctx: &mut Context<Account>) {
             }
             continue;
         }
-        let addr = sw.start_conversation(path.clone());
+        // Nothing else touches the repository yet (fetches start once the
+        // account handles messages), so it recovers as at startup.
+        let addr = sw.start_conversation(path.clone(), Scope::Startup);
         // `wait`, not `spawn`: the account handles no request until its
         // swarms are loaded, so a fresh daemon never answers 404 for one.
+        let loading = addr.clone();
         ctx.wait(
-            addr.send(GetView)
+            loading
+                .send(GetView)
                 .into_actor(account)
-                .map(move |result, act, _| match result {
-                    Ok(Ok(view)) => {
-                        if let Some(sw) = act.swarms.as_mut() {
-                            sw.insert(addr, view, path);
+                .map(move |result, act, _| {
+                    let Some(sw) = act.swarms.as_mut() else {
+                        return;
+                    };
+                    match result {
+                        Ok(Ok(view)) => sw.insert(addr, view, path),
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "conversation not loaded; probing it with back-off");
+                            let reason = match &e {
+                                ConversationError::Store { source, .. } => {
+                                    source.health_reason().unwrap_or("damaged")
+                                }
+                                _ => "io",
+                            };
+                            sw.health.not_loaded(path, addr, reason, e.to_string());
                         }
+                        Err(e) => tracing::error!(error = %e, "conversation mailbox"),
                     }
-                    Ok(Err(e)) => tracing::error!(error = %e, "conversation not loaded"),
-                    Err(e) => tracing::error!(error = %e, "conversation mailbox"),
                 }),
         );
     }
@@ -645,23 +705,25 @@ fn fetch_done(
         return;
     };
     let now = Instant::now();
-    let before = entry.view.head;
+    let before = entry.view.tips.clone();
     let mut sync_event = None;
+    let mut refused = Vec::new();
     let (starts, moved) = match result {
         Ok(received) => {
             sync_event = Some(Event::Sync {
                 conversation,
-                head: received.view.head,
+                tips: received.view.tips.clone(),
                 peer,
                 state: SyncState::Fetched,
                 accepted: received.report.accepted,
             });
             sw.metrics.fetched("ok");
-            tracing::info!(%peer, %conversation, accepted = received.report.accepted, head = %received.view.head, "fetched");
+            tracing::info!(%peer, %conversation, accepted = received.report.accepted, tips = received.view.tips.len(), "fetched");
             if !received.report.rejected.is_empty() {
                 tracing::warn!(%peer, %conversation, rejected = received.report.rejected.len(), "fetched commits rejected");
+                refused = received.report.rejected.clone();
             }
-            let moved = received.view.head != entry.view.head;
+            let moved = received.view.tips != entry.view.tips;
             entry.view = received.view;
             let held = received.held;
             let starts = entry
@@ -672,7 +734,7 @@ fn fetch_done(
         Err(e) => {
             sw.events.publish(Event::Sync {
                 conversation,
-                head: entry.view.head,
+                tips: entry.view.tips.clone(),
                 peer,
                 state: SyncState::Failed,
                 accepted: 0,
@@ -687,23 +749,26 @@ fn fetch_done(
     };
     if moved {
         sw.announce(&conversation);
-        let after = sw.registry[&conversation].view.head;
+        let after = sw.registry[&conversation].view.tips.clone();
         head_moved(account, ctx, conversation, before, after, sync_event);
     } else if let Some(event) = sync_event {
         sw.events.publish(event);
     }
+    if !refused.is_empty() {
+        tell_rejections(account, ctx, conversation, peer, &refused);
+    }
     start_fetches(account, ctx, conversation, starts);
 }
 
-/// Publishes what a head move of `conversation` from `since` to `until`
+/// Publishes what a move of `conversation`'s tips from `since` to `until`
 /// brought (one event per new message, member or profile commit, oldest
 /// first), then `then`. Reads history only when someone subscribes.
 pub(super) fn head_moved(
     account: &mut Account,
     ctx: &mut Context<Account>,
     conversation: CommitId,
-    since: CommitId,
-    until: CommitId,
+    since: Vec<CommitId>,
+    until: Vec<CommitId>,
     then: Option<Event>,
 ) {
     let Some(sw) = account.swarms.as_ref() else {
@@ -748,7 +813,7 @@ pub(super) fn head_moved(
 
 /// Member devices announce heads; so do devices of invited accounts, whose
 /// join commit is how the swarm learns they joined.
-fn may_announce(view: &SwarmView, peer: &VerifiedDevice) -> bool {
+pub(super) fn may_announce(view: &SwarmView, peer: &VerifiedDevice) -> bool {
     view.member_devices.contains(&peer.device_id) || view.is_invited(&peer.account_id)
 }
 
@@ -827,13 +892,14 @@ impl Handler<IncomingChannel> for Account {
                         }
                     };
                     match frame {
-                        Ok((frame, pack)) => {
+                        Ok(received) => {
                             let _ = me
                                 .send(FrameReceived {
                                     peer,
                                     conversation,
-                                    frame,
-                                    pack,
+                                    frame: received.frame,
+                                    pack: received.pack,
+                                    clock_ms: received.clock_ms,
                                 })
                                 .await;
                         }
@@ -857,6 +923,8 @@ struct FrameReceived {
     frame: SwarmFrame,
     /// The pack that followed a `heads_pack` frame.
     pack: Option<Vec<u8>>,
+    /// The sender's clock when it wrote the frame, and ours when it came.
+    clock_ms: Option<(i64, i64)>,
 }
 
 impl Handler<FrameReceived> for Account {
@@ -871,13 +939,18 @@ impl Handler<FrameReceived> for Account {
             conversation,
             frame,
             pack,
+            clock_ms,
         } = msg;
+        if let Some((sent_at_ms, received_at_ms)) = clock_ms {
+            sw.clock
+                .observe(peer.device_id, sent_at_ms, received_at_ms, &sw.events);
+        }
         match frame {
             SwarmFrame::Heads { heads } => {
                 heads_announced_after(self, ctx, conversation, peer, heads, true)
             }
-            SwarmFrame::HeadsPack { heads, base, .. } => {
-                let (Some(pack), [head]) = (pack, heads.as_slice()) else {
+            SwarmFrame::HeadsPack { heads, bases, .. } => {
+                let Some(pack) = pack else {
                     return heads_announced(self, ctx, conversation, peer, heads);
                 };
                 let Some(entry) = sw.registry.get(&conversation) else {
@@ -886,15 +959,15 @@ impl Handler<FrameReceived> for Account {
                 if !may_announce(&entry.view, &peer) {
                     return;
                 }
-                if entry.view.head == *head {
+                if heads.iter().all(|h| entry.view.tips.contains(h)) {
                     // Passed on by another member too: ours already.
                     return heads_announced(self, ctx, conversation, peer, heads);
                 }
                 let pack = Arc::new(pack);
                 let receive = ReceivePack {
                     peer: peer.device_id,
-                    head: *head,
-                    base,
+                    heads: heads.clone(),
+                    bases: bases.clone(),
                     pack: pack.clone(),
                 };
                 ctx.spawn(entry.addr.send(receive).into_actor(self).map(
@@ -906,31 +979,33 @@ impl Handler<FrameReceived> for Account {
                             let Some(entry) = sw.registry.get_mut(&conversation) else {
                                 return;
                             };
-                            let (before, after) = (entry.view.head, received.view.head);
-                            tracing::debug!(%conversation, accepted = received.report.accepted, merged = received.report.merged, "inline pack taken");
+                            let before = entry.view.tips.clone();
+                            let after = received.view.tips.clone();
+                            tracing::debug!(%conversation, accepted = received.report.accepted, "inline pack taken");
                             entry.view = received.view;
                             let sync_event = Event::Sync {
                                 conversation,
-                                head: after,
+                                tips: after.clone(),
                                 peer: peer.device_id,
                                 state: SyncState::Fetched,
                                 accepted: received.report.accepted,
                             };
                             if before != after {
-                                // A pack that made its head ours is passed on
-                                // as it came, so members holding its base take
-                                // the head without a fetch; after a merge, the
-                                // merge is announced plainly. The announcer
-                                // holds the head it sent us.
-                                let (relay, skip) = if after == heads[0] {
-                                    let relay = BatchPack {
-                                        base,
-                                        tip: after,
-                                        bytes: pack.to_vec(),
-                                    };
-                                    (Some(Arc::new(relay)), Some(peer.device_id))
-                                } else {
-                                    (None, None)
+                                // A pack that made our tips exactly the
+                                // announced ones is passed on as it came, so
+                                // members holding its bases take it without a
+                                // fetch; otherwise our tips go out plainly.
+                                // The announcer holds what it sent us.
+                                let (relay, skip) = match heads.as_slice() {
+                                    [tip] if after == heads => {
+                                        let relay = BatchPack {
+                                            bases,
+                                            tip: *tip,
+                                            bytes: pack.to_vec(),
+                                        };
+                                        (Some(Arc::new(relay)), Some(peer.device_id))
+                                    }
+                                    _ => (None, None),
                                 };
                                 sw.announce_with(&conversation, relay, false, skip);
                                 head_moved(act, ctx, conversation, before, after, Some(sync_event));
@@ -946,6 +1021,9 @@ impl Handler<FrameReceived> for Account {
                         }
                     },
                 ));
+            }
+            SwarmFrame::Rejected { commits } => {
+                rejections_reported(self, ctx, conversation, peer, commits)
             }
             SwarmFrame::Invite { title } => {
                 if sw.registry.contains_key(&conversation) {
@@ -1001,11 +1079,10 @@ fn heads_announced_after(
     if !may_announce(&entry.view, &peer) {
         return;
     }
-    // Our own head echoed back (every member re-announces a head it takes)
-    // needs no question to the conversation, which would also cut short the
+    // Our own tips echoed back (every member re-announces tips it takes)
+    // need no question to the conversation, which would also cut short the
     // batch it is gathering.
-    let ours = entry.view.head;
-    if heads.iter().all(|h| *h == ours) {
+    if heads.iter().all(|h| entry.view.tips.contains(h)) {
         if let Some(entry) = account
             .swarms
             .as_mut()
@@ -1078,7 +1155,7 @@ impl Handler<BatchDurable> for Account {
             }
             return;
         };
-        let (before, after) = (entry.view.head, msg.view.head);
+        let (before, after) = (entry.view.tips.clone(), msg.view.tips.clone());
         entry.view = msg.view;
         sw.announce_with(&conversation, msg.pack, false, None);
         head_moved(self, ctx, conversation, before, after, None);
@@ -1115,7 +1192,7 @@ impl Handler<ConnectionEvent> for Account {
                             device,
                             id,
                             SwarmFrame::Heads {
-                                heads: vec![entry.view.head],
+                                heads: announced_heads(&entry.view.tips),
                             },
                         );
                     }
@@ -1124,6 +1201,7 @@ impl Handler<ConnectionEvent> for Account {
             }
             PeerState::Down { .. } => {
                 sw.connected.remove(&device);
+                sw.clock.forget(&device, &sw.events);
                 sw.metrics.peers_connected.set(sw.connected.len() as i64);
                 let now = Instant::now();
                 let mut all = Vec::new();
@@ -1175,8 +1253,8 @@ impl Handler<AddPeer> for Account {
 pub struct SwarmSummary {
     /// The conversation id.
     pub id: CommitId,
-    /// The head.
-    pub head: CommitId,
+    /// The tips (more than one while concurrent writes are not yet joined).
+    pub tips: Vec<CommitId>,
     /// Members and admins.
     pub members: usize,
     /// Its title.
@@ -1198,7 +1276,7 @@ impl Handler<ListSwarms> for Account {
             .values()
             .map(|e| SwarmSummary {
                 id: e.view.id,
-                head: e.view.head,
+                tips: e.view.tips.clone(),
                 members: e
                     .view
                     .members
@@ -1282,7 +1360,7 @@ impl Handler<CreateSwarm> for Account {
                     let started = created.and_then(|(id, path)| {
                         let sw = swarms(act)?;
                         sw.joining.insert(id);
-                        let addr = sw.start_conversation(path.clone());
+                        let addr = sw.start_conversation(path.clone(), Scope::Runtime);
                         Ok((id, path, addr))
                     });
                     async move {
@@ -1573,13 +1651,9 @@ impl Handler<Join> for Account {
                 tokio::task::spawn_blocking(move || {
                     let repo = git2::Repository::open_bare(&tmp2)
                         .map_err(|e| SwarmError::Io(e.to_string()))?;
-                    let store = Store::adopt_quarantined(
-                        repo,
-                        conversation,
-                        &peer.device_id.to_hex(),
-                        now_secs(),
-                    )
-                    .map_err(|e| SwarmError::Refused(e.to_string()))?;
+                    let store =
+                        Store::adopt_quarantined(repo, conversation, &peer.device_id.to_hex())
+                            .map_err(|e| SwarmError::Refused(e.to_string()))?;
                     drop(store);
                     std::fs::rename(&tmp2, &path2)
                         .map_err(|e| SwarmError::Io(format!("{}: {e}", path2.display())))
@@ -1601,7 +1675,7 @@ impl Handler<Join> for Account {
                         let sw = swarms(act)?;
                         Ok((
                             path.clone(),
-                            sw.start_conversation(path),
+                            sw.start_conversation(path, Scope::Runtime),
                             sw.signer.account_id(),
                         ))
                     });
@@ -1802,6 +1876,16 @@ impl Swarms {
             .values()
             .flat_map(|entry| entry.view.members.keys().copied())
             .collect()
+    }
+
+    /// This device.
+    pub(super) fn local_device(&self) -> DeviceId {
+        self.local_device
+    }
+
+    /// A connected peer device, with its account.
+    pub(super) fn connected_device(&self, device: &DeviceId) -> Option<&VerifiedDevice> {
+        self.connected.get(device)
     }
 
     /// Whether a device of `account` (or `device` itself) is connected.

@@ -12,15 +12,16 @@
 //! written to the store's in-memory staging area) and its reply is held; the
 //! actor then sends itself a [`FlushBatch`], which lands in the mailbox behind
 //! every request already queued. Those are staged too, so when the flush runs
-//! it makes the whole batch durable with one pack fsync and one head move,
-//! and only then answers each held request. Under load, requests arriving
-//! during a flush form the next batch. Any other request flushes first (but
-//! [`Holds`], which reads only the durable head), so nothing ever reads a
-//! head that is not on disk. A batch holds at most
+//! it makes the whole batch durable with one pack fsync and one move of the
+//! tips, and only then answers each held request. Under load, requests
+//! arriving during a flush form the next batch. Any other request flushes
+//! first (but [`Holds`], which reads only the durable tips), so nothing ever
+//! reads a tip that is not on disk. A batch holds at most
 //! [`BATCH_COMMITS_MAX`] commits.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,8 +33,9 @@ use starling_protocol::swarm::state::PROFILE_PATH;
 use starling_protocol::{AccountId, DeviceId};
 
 use super::metrics::SwarmMetrics;
+use super::recovery::{self, Scope};
 use super::sign::DeviceSigner;
-use super::store::{commit_id, oid, BatchPack, FetchReport, Store, StoreError};
+use super::store::{BatchPack, FetchReport, Store, StoreError};
 
 /// What went wrong in a conversation.
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +78,8 @@ pub enum Role {
 pub struct SwarmView {
     /// The conversation id.
     pub id: CommitId,
-    /// The accepted head.
-    pub head: CommitId,
+    /// The tips (sorted): accepted commits nothing accepted descends from.
+    pub tips: Vec<CommitId>,
     /// Members, admins and invitees with their roles.
     pub members: BTreeMap<AccountId, Role>,
     /// Devices of current members (not banned): who may sync.
@@ -149,6 +151,14 @@ pub struct Conversation {
     own: Option<Addr<Conversation>>,
     /// Whether a [`Consolidate`] is in the mailbox.
     consolidate_queued: bool,
+    /// Set until the first open, which may then recover the repository as
+    /// at startup ([`Scope::Startup`]); shared by the instances the arbiter
+    /// builds, so a restarted actor recovers only what it alone writes.
+    startup_recovery: Arc<AtomicBool>,
+    /// Hears when the conversation stops or starts being able to write.
+    health_listener: Option<Recipient<HealthChanged>>,
+    /// Why the last write or open failed, while it has not succeeded since.
+    unhealthy: Option<&'static str>,
 }
 
 impl Conversation {
@@ -166,39 +176,72 @@ impl Conversation {
             listener: None,
             own: None,
             consolidate_queued: false,
+            startup_recovery: Arc::new(AtomicBool::new(false)),
+            health_listener: None,
+            unhealthy: None,
         }
     }
 
-    /// Starts the actor on its own thread; `listener` hears of every durable
+    /// Starts the actor on its own thread; `listeners` hear of every durable
     /// batch (with its pack, to announce inline) before its requests are
-    /// answered.
+    /// answered, and of every change in its health. `first_open` says what
+    /// else may touch the repository when the actor first opens it
+    /// ([`recovery::recover`]).
     pub fn start_with_listener(
         path: PathBuf,
         signer: DeviceSigner,
         metrics: SwarmMetrics,
-        listener: Recipient<BatchDurable>,
+        listeners: Listeners,
+        first_open: Scope,
     ) -> Addr<Self> {
+        let startup_recovery = Arc::new(AtomicBool::new(first_open == Scope::Startup));
         SyncArbiter::start(1, move || {
             let mut conversation = Conversation::new(path.clone(), signer.clone(), metrics.clone());
-            conversation.listener = Some(listener.clone());
+            conversation.listener = Some(listeners.batches.clone());
+            conversation.health_listener = Some(listeners.health.clone());
+            conversation.startup_recovery = startup_recovery.clone();
             conversation
         })
     }
 
-    /// Starts the actor on its own thread.
+    /// Starts the actor on its own thread, recovering the repository as at
+    /// startup when it first opens it.
     pub fn start_on_own_thread(
         path: PathBuf,
         signer: DeviceSigner,
         metrics: SwarmMetrics,
     ) -> Addr<Self> {
+        let startup_recovery = Arc::new(AtomicBool::new(true));
         SyncArbiter::start(1, move || {
-            Conversation::new(path.clone(), signer.clone(), metrics.clone())
+            let mut conversation = Conversation::new(path.clone(), signer.clone(), metrics.clone());
+            conversation.startup_recovery = startup_recovery.clone();
+            conversation
         })
     }
 
+    /// The store, opened from disk if it is not open. Every open first
+    /// recovers the repository from what a crash or a failed write left
+    /// (stale locks above all), so a conversation never stays wedged.
     fn store(&mut self) -> Result<&mut Store, StoreError> {
         if self.store.is_none() {
-            let store = Store::open(&self.path)?;
+            let scope = if self.startup_recovery.swap(false, Ordering::SeqCst) {
+                Scope::Startup
+            } else {
+                Scope::Runtime
+            };
+            let recovered = recovery::recover(&self.path, scope)?;
+            self.metrics.recovered(&recovered);
+            let mut store = Store::open(&self.path)?;
+            if let Some(held) = &recovered.rollback {
+                // Every tip was lost: validate again what is still held.
+                let ids: Vec<CommitId> = held.iter().map(|o| super::store::commit_id(*o)).collect();
+                let report = store.receive(&ids)?;
+                tracing::warn!(
+                    conversation = %self.path.display(),
+                    accepted = report.accepted,
+                    "rolled back to the first commit and accepted again what was held"
+                );
+            }
             // A reopened store counts from zero again.
             self.counted_rejections.clear();
             self.store = Some(store);
@@ -207,17 +250,47 @@ impl Conversation {
     }
 
     /// Runs `f` on the store; a failure drops the store so the next message
-    /// reopens it from disk.
+    /// reopens (and recovers) it from disk.
     pub(super) fn with_store<T>(
         &mut self,
         f: impl FnOnce(&mut Store, &DeviceSigner) -> Result<T, StoreError>,
     ) -> Result<T, ConversationError> {
         let signer = self.signer.clone();
         let result = self.store().and_then(|store| f(store, &signer));
-        if result.is_err() {
+        if let Err(e) = &result {
             self.store = None;
+            if let Some(reason) = e.health_reason() {
+                self.set_health(Some(reason), &e.to_string());
+            }
         }
         result.map_err(|source| self.store_error(source))
+    }
+
+    /// Records whether the conversation can write, telling the listener
+    /// (and the log) when that changes.
+    fn set_health(&mut self, unhealthy: Option<&'static str>, detail: &str) {
+        if self.unhealthy == unhealthy {
+            return;
+        }
+        match unhealthy {
+            Some(reason) => tracing::error!(
+                conversation = %self.path.display(),
+                reason,
+                error = detail,
+                "conversation cannot write"
+            ),
+            None => {
+                tracing::info!(conversation = %self.path.display(), "conversation writes again")
+            }
+        }
+        self.unhealthy = unhealthy;
+        if let Some(listener) = &self.health_listener {
+            listener.do_send(HealthChanged {
+                path: self.path.clone(),
+                unhealthy,
+                detail: detail.to_owned(),
+            });
+        }
     }
 
     fn store_error(&self, source: StoreError) -> ConversationError {
@@ -241,6 +314,7 @@ impl Conversation {
         });
         match result {
             Ok((view, pack)) => {
+                self.set_health(None, "");
                 self.metrics.batch_commits.observe(staged as f64);
                 if let Some(listener) = &self.listener {
                     // Waited for (bounded mailbox, back-pressure): the listener
@@ -266,7 +340,28 @@ impl Conversation {
             }
             Err(e) => {
                 tracing::error!(error = %e, commits = staged, "batch not made durable");
-                self.fail(waiters, &e.to_string());
+                // The failure may have come after some of the batch was on
+                // disk (tips moved, `main` locked): what the reopened store
+                // holds is acknowledged, the rest fails.
+                let ids: Vec<CommitId> = waiters.iter().map(|w| w.id).collect();
+                let reopened = self.with_store(|store, _| Ok((held(store, ids)?, view_of(store)?)));
+                let (held, view) = match reopened {
+                    Ok((held, view)) => (held, Some(view)),
+                    Err(_) => (BTreeSet::new(), None),
+                };
+                let (durable, lost): (Vec<Waiter>, Vec<Waiter>) =
+                    waiters.into_iter().partition(|w| held.contains(&w.id));
+                if let Some(view) = view {
+                    for waiter in durable {
+                        if waiter.is_text {
+                            self.metrics.messages_sent.inc();
+                        }
+                        if let Some(reply) = waiter.reply {
+                            let _ = reply.send(Ok((waiter.id, view.clone())));
+                        }
+                    }
+                }
+                self.fail(lost, &e.to_string());
             }
         }
     }
@@ -373,19 +468,23 @@ fn view_of(store: &mut Store) -> Result<SwarmView, StoreError> {
         .and_then(|profile| profile["title"].as_str().map(str::to_owned));
     Ok(SwarmView {
         id: store.conversation(),
-        head: store.head()?,
+        tips: store.tips().to_vec(),
         members,
         member_devices,
         title,
     })
 }
 
-/// Whether accepted history (reachable from `head`) has `id`. Objects that
-/// are merely in the object database (quarantined, rejected) do not count.
-fn holds(store: &mut Store, head: git2::Oid, id: &CommitId) -> bool {
-    let id = oid(id);
-    // `descends` answers false for a commit we lack.
-    store.descends(head, id).unwrap_or(false)
+/// Which of `ids` accepted history (reachable from the durable tips) holds.
+/// Objects that are merely in the object database (quarantined, rejected)
+/// do not count.
+fn held(store: &mut Store, ids: Vec<CommitId>) -> Result<BTreeSet<CommitId>, StoreError> {
+    let answers = store.holds(&ids)?;
+    Ok(ids
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(id, held)| held.then_some(id))
+        .collect())
 }
 
 /// Asks for the swarm's current [`SwarmView`].
@@ -401,7 +500,7 @@ impl Handler<GetView> for Conversation {
     }
 }
 
-/// Authors a commit (a message, an invitation, a join, a profile) on the head.
+/// Authors a commit (a message, an invitation, a join, a profile) on the tips.
 #[derive(Message)]
 #[rtype(result = "Result<(CommitId, SwarmView), ConversationError>")]
 pub struct Author {
@@ -447,6 +546,9 @@ impl Handler<Author> for Conversation {
             Err(source) => {
                 // The store is reopened from disk; what was staged is gone.
                 self.store = None;
+                if let Some(reason) = source.health_reason() {
+                    self.set_health(Some(reason), &source.to_string());
+                }
                 self.staged = 0;
                 let waiters = std::mem::take(&mut *lock(&self.waiters));
                 self.fail(waiters, &source.to_string());
@@ -514,24 +616,17 @@ pub struct Holds(pub Vec<CommitId>);
 impl Handler<Holds> for Conversation {
     type Result = Result<BTreeSet<CommitId>, ConversationError>;
     fn handle(&mut self, msg: Holds, _: &mut Self::Context) -> Self::Result {
-        // Answered from the durable head without flushing the batch being
-        // gathered: staged commits are its descendants, never reached from
-        // it, and no peer can announce them before they are durable. For
+        // Answered from the durable tips without flushing the batch being
+        // gathered: staged commits are their descendants, never reached from
+        // them, and no peer can announce them before they are durable. For
         // the same reason a failure here keeps the store (and the batch).
-        let answer = self.store().and_then(|store| {
-            let head = oid(&store.head()?);
-            Ok(msg
-                .0
-                .into_iter()
-                .filter(|id| holds(store, head, id))
-                .collect())
-        });
+        let answer = self.store().and_then(|store| held(store, msg.0));
         answer.map_err(|source| self.store_error(source))
     }
 }
 
-/// Validates and merges what a fetch from `peer` left in quarantine, then
-/// says which of `wanted` are now held.
+/// Validates what a fetch from `peer` left in quarantine and adds what
+/// passes, then says which of `wanted` are now held.
 #[derive(Message)]
 #[rtype(result = "Result<Received, ConversationError>")]
 pub struct ReceiveQuarantined {
@@ -557,14 +652,9 @@ impl Handler<ReceiveQuarantined> for Conversation {
     fn handle(&mut self, msg: ReceiveQuarantined, _: &mut Self::Context) -> Self::Result {
         self.flush_batch();
         let peer = msg.peer.to_hex();
-        let result = self.with_store(|store, signer| {
-            let report = store.receive_quarantined(&peer, signer, now_secs())?;
-            let head = oid(&store.head()?);
-            let held = msg
-                .wanted
-                .into_iter()
-                .filter(|id| holds(store, head, id))
-                .collect();
+        let result = self.with_store(|store, _| {
+            let report = store.receive_quarantined(&peer)?;
+            let held = held(store, msg.wanted)?;
             Ok(Received {
                 view: view_of(store)?,
                 report,
@@ -573,6 +663,7 @@ impl Handler<ReceiveQuarantined> for Conversation {
         });
         self.count_rejections();
         if let Ok(received) = &result {
+            self.set_health(None, "");
             self.metrics
                 .commits_accepted
                 .inc_by(received.report.accepted as u64);
@@ -589,22 +680,22 @@ impl Handler<ReceiveQuarantined> for Conversation {
 pub struct BatchDurable {
     /// The swarm after the batch.
     pub view: SwarmView,
-    /// The batch's pack (relative to the head before it), when small
+    /// The batch's pack (relative to the tips before it), when small
     /// enough to announce inline.
     pub pack: Option<Arc<BatchPack>>,
 }
 
-/// Receives `head` from `peer` with the objects of an inline pack
-/// (a `heads_pack` frame): validates and merges as a fetch would.
+/// Receives `heads` from `peer` with the objects of an inline pack
+/// (a `heads_pack` frame): validates and adds them as a fetch would.
 #[derive(Message)]
 #[rtype(result = "Result<Received, ConversationError>")]
 pub struct ReceivePack {
     /// The announcing device.
     pub peer: DeviceId,
-    /// The announced head.
-    pub head: CommitId,
-    /// The commit the pack is relative to.
-    pub base: CommitId,
+    /// The announced tips.
+    pub heads: Vec<CommitId>,
+    /// The commits the pack is relative to.
+    pub bases: Vec<CommitId>,
     /// The pack that came with it.
     pub pack: Arc<Vec<u8>>,
 }
@@ -613,26 +704,26 @@ impl Handler<ReceivePack> for Conversation {
     type Result = Result<Received, ConversationError>;
     fn handle(&mut self, msg: ReceivePack, _: &mut Self::Context) -> Self::Result {
         // Members pass a pack on, so the same one often comes again from
-        // another member, and sometimes to one that lacks its base. Both are
-        // answered from the durable head, as `Holds` is: without cutting
+        // another member, and sometimes to one that lacks its bases. Both are
+        // answered from the durable tips, as `Holds` is: without cutting
         // short the batch being gathered, and, reading only, keeping the
         // store (and its caches) on a refusal or failure.
         let answered = self.store().and_then(|store| {
-            let head = oid(&store.head()?);
-            if holds(store, head, &msg.head) {
+            let heads = held(store, msg.heads.clone())?;
+            if heads.len() == msg.heads.len() {
                 return Ok(Some(Received {
                     view: view_of(store)?,
                     report: FetchReport {
                         accepted: 0,
                         rejected: Vec::new(),
-                        head: commit_id(head),
-                        merged: false,
+                        tips: store.tips().to_vec(),
                     },
-                    held: BTreeSet::from([msg.head]),
+                    held: heads,
                 }));
             }
-            if !holds(store, head, &msg.base) {
-                return Err(StoreError::PackBaseMissing(msg.base));
+            let bases = held(store, msg.bases.clone())?;
+            if let Some(missing) = msg.bases.iter().find(|b| !bases.contains(b)) {
+                return Err(StoreError::PackBaseMissing(*missing));
             }
             Ok(None)
         });
@@ -642,17 +733,11 @@ impl Handler<ReceivePack> for Conversation {
             Err(source) => return Err(self.store_error(source)),
         }
         // Flushing adds only our own staged commits, which no peer can hold
-        // (a batch is announced once durable): the head is still not held.
+        // (a batch is announced once durable): the heads are still not held.
         self.flush_batch();
-        let peer = msg.peer.to_hex();
-        let result = self.with_store(|store, signer| {
-            let report =
-                store.receive_pack(&peer, msg.head, msg.base, &msg.pack, signer, now_secs())?;
-            let head = oid(&store.head()?);
-            let held = [msg.head]
-                .into_iter()
-                .filter(|id| holds(store, head, id))
-                .collect();
+        let result = self.with_store(|store, _| {
+            let report = store.receive_pack(&msg.heads, &msg.bases, &msg.pack)?;
+            let held = held(store, msg.heads)?;
             Ok(Received {
                 view: view_of(store)?,
                 report,
@@ -661,6 +746,7 @@ impl Handler<ReceivePack> for Conversation {
         });
         self.count_rejections();
         if let Ok(received) = &result {
+            self.set_health(None, "");
             self.metrics
                 .commits_accepted
                 .inc_by(received.report.accepted as u64);
@@ -732,4 +818,56 @@ impl Handler<AllowedSigners> for Conversation {
 /// The membership action of a commit kind, for callers building one.
 pub fn member(action: MemberAction, account: AccountId) -> BodyKind {
     BodyKind::Member { action, account }
+}
+
+/// Where a conversation actor reports.
+#[derive(Clone)]
+pub struct Listeners {
+    /// Hears of every durable batch ([`BatchDurable`]).
+    pub batches: Recipient<BatchDurable>,
+    /// Hears of every change in health ([`HealthChanged`]).
+    pub health: Recipient<HealthChanged>,
+}
+
+/// Told to the health listener when a conversation stops being able to
+/// write (or open), and when it can again.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct HealthChanged {
+    /// The conversation's repository.
+    pub path: PathBuf,
+    /// Why it cannot write (`locked`, `io`, `damaged`, `format`), or `None`
+    /// once it can.
+    pub unhealthy: Option<&'static str>,
+    /// The error, for people.
+    pub detail: String,
+}
+
+/// Checks that the conversation can write: reopens its store (recovering
+/// the repository first) and moves `main` onto itself, which takes and
+/// releases its lock. Replies with the reason it cannot, if it cannot.
+#[derive(Message)]
+#[rtype(result = "Option<&'static str>")]
+pub struct Probe;
+
+impl Handler<Probe> for Conversation {
+    type Result = Option<&'static str>;
+    fn handle(&mut self, _: Probe, _: &mut Self::Context) -> Self::Result {
+        self.flush_batch();
+        self.store = None;
+        let probed = self.with_store(|store, _| {
+            let repo = store.repository();
+            let main = repo.refname_to_id(super::store::HEAD_REF)?;
+            repo.reference(super::store::HEAD_REF, main, true, "probe")?;
+            Ok(())
+        });
+        match probed {
+            Ok(()) => {
+                self.set_health(None, "");
+                None
+            }
+            Err(ConversationError::Store { source, .. }) => source.health_reason().or(Some("io")),
+            Err(_) => Some("io"),
+        }
+    }
 }

@@ -2,7 +2,9 @@
 //! conversations, refused channels. Registered in the registry the node hands
 //! in; names are a stable API.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Upper bounds of the fetch-duration histogram, in seconds.
 const FETCH_SECONDS_BUCKETS: [f64; 12] = [
@@ -34,6 +36,13 @@ pub struct SwarmMetrics {
     pub batch_commits: Histogram,
     /// The account's event stream (`/v1/events`).
     pub events: crate::account::events::EventMetrics,
+    /// The clock offset estimate.
+    pub clock: crate::account::clock::ClockMetrics,
+    /// Refused commits told to peers and learnt from them.
+    pub rejections: crate::account::rejections::RejectionMetrics,
+    recoveries: IntCounterVec,
+    /// Conversations that cannot write, by reason.
+    pub unhealthy: IntGaugeVec,
 }
 
 impl SwarmMetrics {
@@ -94,6 +103,22 @@ impl SwarmMetrics {
             )
             .buckets(BATCH_COMMITS_BUCKETS.to_vec()),
         )?;
+        let recoveries = IntCounterVec::new(
+            Opts::new(
+                "starling_repository_recoveries_total",
+                "Leftovers of a crash removed from conversation repositories, by kind (lock, temporary, pack, ref).",
+            ),
+            &["kind"],
+        )?;
+        let unhealthy = IntGaugeVec::new(
+            Opts::new(
+                "starling_conversations_unhealthy",
+                "Conversations that cannot write or be read right now, by reason (locked, io, damaged, format).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(recoveries.clone()))?;
+        registry.register(Box::new(unhealthy.clone()))?;
         registry.register(Box::new(batch_commits.clone()))?;
         registry.register(Box::new(messages_sent.clone()))?;
         registry.register(Box::new(commits_accepted.clone()))?;
@@ -105,8 +130,12 @@ impl SwarmMetrics {
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(invitations_received.clone()))?;
         let events = crate::account::events::EventMetrics::register(registry)?;
+        let clock = crate::account::clock::ClockMetrics::register(registry)?;
+        let rejections = crate::account::rejections::RejectionMetrics::register(registry)?;
         Ok(Self {
             events,
+            clock,
+            rejections,
             messages_sent,
             commits_accepted,
             rejected,
@@ -117,7 +146,18 @@ impl SwarmMetrics {
             refused,
             invitations_received,
             batch_commits,
+            recoveries,
+            unhealthy,
         })
+    }
+
+    /// Counts what a repository recovery removed.
+    pub fn recovered(&self, recovered: &super::recovery::Recovered) {
+        for (kind, n) in recovered.counts() {
+            if n > 0 {
+                self.recoveries.with_label_values(&[kind]).inc_by(n as u64);
+            }
+        }
     }
 
     /// Counts `n` rejected commits with `reason`.
