@@ -190,6 +190,10 @@ fn a_replica_killed_mid_write_writes_and_catches_up_after_restart() {
         list.as_array().unwrap().is_empty().then_some(())
     });
     bob.send(&id, "after the fault");
+    assert!(
+        !bob.log().contains('\u{1b}'),
+        "a log written to a file carries no terminal colour codes"
+    );
     bob.stop();
     alice.stop();
     fsck(&replica(&bob, &id));

@@ -328,8 +328,12 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn main() {
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: a log file, a pipe
+        // or journald gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STARLING_LOG")
                 // mainline logs every failed bootstrap (each 2 s when
