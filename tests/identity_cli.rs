@@ -411,3 +411,27 @@ fn chain_verification_refuses_foreign_expired_and_malformed_certificates() {
     ))
     .contains("basicConstraints"));
 }
+
+/// A reader that goes away before the output is written (`… | head -1`)
+/// ends the command quietly with success, never with a panic.
+#[test]
+fn output_to_a_closed_pipe_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("alice");
+    create(&data, "alice");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--json", "account", "show"])
+        .env_remove("STARLING_DATA_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the command can have written anything.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+}

@@ -24,11 +24,29 @@ pub struct Context {
 }
 
 impl Context {
-    fn print(&self, value: serde_json::Value, text: impl FnOnce() -> String) {
+    /// Prints `value` (with `--json`) or `text()` on standard output.
+    pub(crate) fn print(&self, value: serde_json::Value, text: impl FnOnce() -> String) {
         if self.json {
-            println!("{value:#}");
+            print_out(&format!("{value:#}"));
         } else {
-            println!("{}", text());
+            print_out(&text());
+        }
+    }
+}
+
+/// Writes `text` and a newline to standard output. A reader that went away
+/// (`starling messages … | head -1`) ends the command quietly with success,
+/// as it does for other Unix tools; `println!` would panic there.
+pub(crate) fn print_out(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let written = writeln!(out, "{text}").and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: writing to standard output: {e}");
+            std::process::exit(1);
         }
     }
 }

@@ -42,11 +42,7 @@ pub enum ContactCommand {
 }
 
 fn print(ctx: &Context, value: &Value, text: impl FnOnce() -> String) {
-    if ctx.json {
-        println!("{value:#}");
-    } else {
-        println!("{}", text());
-    }
+    ctx.print(value.clone(), text);
 }
 
 fn entry_line(e: &Value) -> String {

@@ -20,7 +20,10 @@ pub fn dht_bootstrap(listen: SocketAddrV4, nodes: usize) -> anyhow::Result<()> {
     );
     let running = dht::start_bootstrap_nodes(listen, nodes)
         .with_context(|| format!("starting DHT nodes on {listen}"))?;
-    println!("dht bootstrap: {listen} ({} nodes)", running.len());
+    crate::commands::print_out(&format!(
+        "dht bootstrap: {listen} ({} nodes)",
+        running.len()
+    ));
     loop {
         std::thread::park();
     }
@@ -32,7 +35,9 @@ pub fn mdns_advertise(account: &str, device: &str, port: u16) -> anyhow::Result<
     let device: DeviceId = device.parse().context("device id")?;
     let _advertisement =
         mdns::Advertisement::start(&account, &device, port).context("mDNS advertisement")?;
-    println!("advertising account {account} device {device} at port {port}");
+    crate::commands::print_out(&format!(
+        "advertising account {account} device {device} at port {port}"
+    ));
     loop {
         std::thread::park();
     }

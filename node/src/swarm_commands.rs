@@ -15,11 +15,7 @@ fn client(ctx: &Context) -> anyhow::Result<ApiClient> {
 }
 
 fn print(ctx: &Context, value: &Value, text: impl FnOnce() -> String) {
-    if ctx.json {
-        println!("{value:#}");
-    } else {
-        println!("{}", text());
-    }
+    ctx.print(value.clone(), text);
 }
 
 /// `starling peer add ACCOUNT_ID@HOST:PORT`.
