@@ -264,6 +264,12 @@ fn message_latency_between_two_daemons() {
     });
     let post = format!("/v1/swarms/{id}/messages");
     let newest = format!("/v1/swarms/{id}/messages?limit=1");
+    for limit in ["0", "1001"] {
+        let path = format!("/v1/swarms/{id}/messages?limit={limit}");
+        let (code, answer) = bob.request("GET", &path, &bob.token, None);
+        assert_eq!(code, 400, "limit={limit} is refused, not clamped: {answer}");
+        assert!(answer.contains("1..=1000"), "{answer}");
+    }
     let mut latencies = Vec::with_capacity(LATENCY_MESSAGES);
     for i in 0..LATENCY_MESSAGES {
         let body = serde_json::json!({ "text": format!("ping {i}") }).to_string();

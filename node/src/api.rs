@@ -365,10 +365,14 @@ async fn messages(
     query: web::Query<MessagesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = conversation_id(&path)?;
-    let limit = query
-        .limit
-        .unwrap_or(MESSAGES_DEFAULT_LIMIT)
-        .min(PAGE_MESSAGES_MAX);
+    let limit = query.limit.unwrap_or(MESSAGES_DEFAULT_LIMIT);
+    if !(1..=PAGE_MESSAGES_MAX).contains(&limit) {
+        // Said, not silently clamped: a caller asking for more would
+        // otherwise take a short page for the whole history.
+        return Err(ApiError::BadRequest(format!(
+            "limit: {limit} is not within 1..={PAGE_MESSAGES_MAX}; page with `before`"
+        )));
+    }
     let before = match &query.before {
         Some(text) => Some(
             text.parse()
@@ -559,7 +563,7 @@ fn base_openapi_document() -> serde_json::Value {
                     "requestBody": body(json!({ "type": "object", "required": ["text"], "properties": { "text": { "type": "string", "maxLength": 32768 }, "reply_to": { "type": "string" } } })),
                     "responses": { "201": ok("{id}"), "400": error, "401": error, "404": error, "413": error } },
                 "get": { "summary": "Newest text messages first, with edits, deletions and reactions applied",
-                    "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } },
+                    "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
                         { "name": "before", "in": "query", "description": "a message id: the page of messages older than it", "schema": { "type": "string", "pattern": "^[0-9a-f]{40}$" } }],
                     "responses": { "200": { "description": "messages", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Message" } } } } }, "401": error, "404": error } } },
             "/v1/swarms/{id}/members": { "get": { "summary": "Members, admins and invitees",
