@@ -120,7 +120,23 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecoveryError + '_ {
 pub fn recover(path: &Path, scope: Scope) -> Result<Recovered, RecoveryError> {
     let mut recovered = Recovered::default();
     let mut files = Vec::new();
-    list_files(path, 0, &mut files).map_err(io(path))?;
+    match scope {
+        Scope::Startup => list_files(path, 0, &mut files).map_err(io(path))?,
+        // After a failed write, only what the conversation writes is looked
+        // at: the top-level files and its refs, never the object store.
+        Scope::Runtime => {
+            for name in ["HEAD.lock", "config.lock", "packed-refs.lock"] {
+                let file = path.join(name);
+                if file.is_file() {
+                    files.push(file);
+                }
+            }
+            let heads = path.join("refs/heads");
+            if heads.is_dir() {
+                list_files(&heads, 0, &mut files).map_err(io(&heads))?;
+            }
+        }
+    }
     for file in &files {
         let relative = file.strip_prefix(path).unwrap_or(file);
         if is_lock(relative, scope) {
